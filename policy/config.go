@@ -1,0 +1,129 @@
+package policy
+
+import (
+	"time"
+)
+
+// Config is a policy as written: the YAML file decodes into it, and Go
+// programs may build one directly. New validates and compiles it into a
+// Policy. The zero value of every optional field means its documented
+// default (see docs/policy.md).
+type Config struct {
+	// Version of the policy format; must be 1.
+	Version int `yaml:"version"`
+	// ClientIP says how the client address is found.
+	ClientIP ClientIPConfig `yaml:"client_ip"`
+	// Identity configures verified identities (JWT, session cookie).
+	Identity IdentityConfig `yaml:"identity"`
+	// Exempt lists CIDR blocks (or single addresses) that no rule limits.
+	Exempt []string `yaml:"exempt"`
+	// Rules are evaluated together, all-or-nothing.
+	Rules []RuleConfig `yaml:"rules"`
+	// State configures where counters and buckets live.
+	State StateConfig `yaml:"state"`
+	// Reject says how a refused handshake is answered.
+	Reject RejectConfig `yaml:"reject"`
+	// Mode is "enforce" (default) or "dry_run".
+	Mode string `yaml:"mode"`
+}
+
+// ClientIPConfig says how the client address is taken from a request.
+type ClientIPConfig struct {
+	// TrustedProxies are CIDR blocks whose forwarding headers are believed.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Header is X-Forwarded-For (default when TrustedProxies is set),
+	// Forwarded or X-Real-IP.
+	Header string `yaml:"header"`
+}
+
+// IdentityConfig configures verified identities. Filled in by the identity
+// issue; the seam is here so the file format is stable.
+type IdentityConfig struct {
+	// JWT configures bearer-token verification; nil disables jwt keys.
+	JWT *JWTConfig `yaml:"jwt"`
+	// Session configures the session-cookie key.
+	Session *SessionConfig `yaml:"session"`
+}
+
+// JWTConfig is a placeholder until identity lands.
+type JWTConfig struct{}
+
+// SessionConfig names the session cookie.
+type SessionConfig struct {
+	// Cookie is the session cookie's name.
+	Cookie string `yaml:"cookie"`
+}
+
+// RuleConfig is one rule as written.
+type RuleConfig struct {
+	// Name identifies the rule in rejections, logs, metrics and stores;
+	// unique within a policy.
+	Name string `yaml:"name"`
+	// Key is what the rule counts by: ip, subnet, global, header:NAME
+	// (and, with identity configured, jwt, jwt.CLAIM, cookie:NAME).
+	Key string `yaml:"key"`
+	// IPv4Prefix is the prefix length of subnet keys for IPv4 (default 24).
+	IPv4Prefix int `yaml:"ipv4_prefix"`
+	// IPv6Prefix is the prefix length of subnet keys for IPv6 (default 64).
+	IPv6Prefix int `yaml:"ipv6_prefix"`
+	// Connections caps open connections per key; 0 means no cap.
+	Connections int `yaml:"connections"`
+	// Rate is the handshake rate per key: "10/s", "100/m", "5/h", "3/10s";
+	// empty means no rate limit.
+	Rate string `yaml:"rate"`
+	// Burst is the bucket size; default max(1, ceil(rate per second)).
+	Burst int `yaml:"burst"`
+	// OnMissing is "skip" (default) or "reject" when the key is absent.
+	OnMissing string `yaml:"on_missing"`
+	// MaxKeys overrides state.max_keys for this rule's buckets.
+	MaxKeys int `yaml:"max_keys"`
+}
+
+// StateConfig configures where limiting state lives.
+type StateConfig struct {
+	// MaxKeys bounds each rule's token-bucket table (default 100000).
+	MaxKeys int `yaml:"max_keys"`
+	// OnFull is "evict" (default: drop the least recently used bucket) or
+	// "refuse" (refuse handshakes from new keys while the table is full).
+	OnFull string `yaml:"on_full"`
+	// Store is "memory" (default) or "redis".
+	Store string `yaml:"store"`
+	// Redis configures the Redis store.
+	Redis RedisConfig `yaml:"redis"`
+}
+
+// RedisConfig configures the shared Redis store.
+type RedisConfig struct {
+	// Addrs are host:port addresses (one for a single node; several for
+	// Sentinel with MasterName).
+	Addrs []string `yaml:"addrs"`
+	// MasterName selects Sentinel mode.
+	MasterName string `yaml:"master_name"`
+	// DB is the database number.
+	DB int `yaml:"db"`
+	// UsernameEnv and PasswordEnv name environment variables holding
+	// credentials; credentials never appear in the file.
+	UsernameEnv string `yaml:"username_env"`
+	PasswordEnv string `yaml:"password_env"`
+	// TLS enables TLS to Redis.
+	TLS bool `yaml:"tls"`
+	// Prefix namespaces every key (default "wslimit:").
+	Prefix string `yaml:"prefix"`
+	// LeaseTTL is how long a slot outlives its instance (default 30s).
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// Timeout bounds one store call (default 50ms).
+	Timeout time.Duration `yaml:"timeout"`
+	// OnError is "local" (default: fall back to in-memory limits),
+	// "allow" or "deny".
+	OnError string `yaml:"on_error"`
+}
+
+// RejectConfig says how a refused handshake is answered.
+type RejectConfig struct {
+	// Mode is "status" (default: HTTP 429 before the upgrade) or "close"
+	// (upgrade, then close with 1013 or 1008 and a reason).
+	Mode string `yaml:"mode"`
+	// CapRetryAfter is the Retry-After sent when a connection cap refuses
+	// (a cap has no refill time); default 1s.
+	CapRetryAfter time.Duration `yaml:"cap_retry_after"`
+}
