@@ -1,0 +1,228 @@
+package policy
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/wslimit/wslimit/keys"
+)
+
+// Options configure a Limiter. The zero value is usable: in-memory state,
+// the wall clock, no logging.
+type Options struct {
+	// Store holds the limiting state; nil means a new MemoryStore, which
+	// the Limiter then owns and closes.
+	Store Store
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives store errors; nil means no logging.
+	Logger *slog.Logger
+}
+
+// Limiter evaluates a policy's rules for each handshake against a Store.
+// It is safe for concurrent use; SetPolicy swaps the policy atomically
+// while handshakes are in flight.
+type Limiter struct {
+	policy    atomic.Pointer[Policy]
+	store     Store
+	ownsStore bool
+	now       func() time.Time
+	log       *slog.Logger
+}
+
+// NewLimiter returns a Limiter enforcing p.
+func NewLimiter(p *Policy, opts Options) *Limiter {
+	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger}
+	if l.store == nil {
+		l.store = NewMemoryStore()
+		l.ownsStore = true
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	l.policy.Store(p)
+	return l
+}
+
+// Policy returns the policy in force.
+func (l *Limiter) Policy() *Policy { return l.policy.Load() }
+
+// SetPolicy makes p the policy for every later handshake. Connections
+// admitted before keep their slots and release them by the rule names they
+// were admitted under; stores keep state by rule name, so counts carry over
+// to a rule of the same name and a changed cap applies to new handshakes.
+func (l *Limiter) SetPolicy(p *Policy) { l.policy.Store(p) }
+
+// Store returns the limiter's store.
+func (l *Limiter) Store() Store { return l.store }
+
+// Close closes the store if the Limiter created it.
+func (l *Limiter) Close() error {
+	if l.ownsStore {
+		return l.store.Close()
+	}
+	return nil
+}
+
+// Decision is the outcome of one handshake's evaluation. When Allowed, it
+// may hold connection slots: Release frees them, exactly once however often
+// it is called. A Decision is safe for concurrent use by Release.
+type Decision struct {
+	// Allowed is true when the handshake may proceed (always true in dry
+	// run).
+	Allowed bool
+	// Exempt is true when the client is in an exempt block.
+	Exempt bool
+	// WouldReject is true in dry-run mode when enforcement would have
+	// refused; Rule, Reason and RetryAfter then say why.
+	WouldReject bool
+	// Rule names the rule that refused (or would have).
+	Rule string
+	// Reason says why.
+	Reason Reason
+	// RetryAfter is when to try again: the bucket's real refill time for
+	// ReasonRate, the policy's cap_retry_after for ReasonConnections.
+	RetryAfter time.Duration
+	// ClientIP is the resolved client address (invalid if unresolvable).
+	ClientIP netip.Addr
+	// Key is the refusing rule's key, for logs. Never use it as a metric
+	// label.
+	Key keys.Key
+
+	l        *Limiter
+	lease    Lease
+	claims   []Claim
+	inline   [4]Claim
+	held     bool
+	released atomic.Bool
+}
+
+// Status is the HTTP status for a refused handshake: 401 for a missing
+// identity on a rule with on_missing: reject, 503 for a store failure, 429
+// otherwise; 200 when allowed.
+func (d *Decision) Status() int {
+	switch {
+	case d.Allowed:
+		return http.StatusOK
+	case d.Reason == ReasonMissing:
+		return http.StatusUnauthorized
+	case d.Reason == ReasonStoreError:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusTooManyRequests
+	}
+}
+
+// Holds reports whether the decision holds slots not yet released.
+func (d *Decision) Holds() bool { return d.held && !d.released.Load() }
+
+// Release frees every slot the decision holds. Only the first call does
+// anything; it reports whether this call released. Safe to call on a
+// refused decision and from several goroutines.
+func (d *Decision) Release() bool {
+	if !d.held || !d.released.CompareAndSwap(false, true) {
+		return false
+	}
+	ctx := context.Background()
+	if err := d.l.store.Release(ctx, d.lease, d.claims); err != nil && d.l.log != nil {
+		d.l.log.LogAttrs(ctx, slog.LevelWarn, "wslimit: release failed", slog.String("error", err.Error()))
+	}
+	return true
+}
+
+// Admit evaluates every rule of the policy for r at once. All or nothing:
+// a refused handshake holds no slot and has spent no token. Being refused
+// is a result (Decision.Allowed false), not an error.
+func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
+	p := l.policy.Load()
+	d := &Decision{l: l, Allowed: true}
+	ip, ipErr := p.clientIP.Resolve(r)
+	if ipErr == nil {
+		d.ClientIP = ip
+		if p.Exempt(ip) {
+			d.Exempt = true
+			return d
+		}
+	}
+	claims := d.inline[:0]
+	for i := range p.rules {
+		rule := &p.rules[i]
+		k, ok := p.key(rule, r, ip, ipErr == nil)
+		if !ok {
+			if rule.RejectMiss {
+				d.refuse(p, rule.Name, ReasonMissing, 0, k)
+				if !d.WouldReject {
+					return d
+				}
+			}
+			continue
+		}
+		claims = append(claims, Claim{
+			Rule:           rule.Name,
+			Key:            k,
+			Conns:          rule.Connections,
+			Limit:          rule.Limit,
+			Burst:          rule.Burst,
+			MaxKeys:        rule.MaxKeys,
+			RefuseWhenFull: rule.Refuse,
+		})
+	}
+	if len(claims) == 0 {
+		return d
+	}
+	lease, v, err := l.store.Admit(ctx, l.now(), claims)
+	if err != nil {
+		if l.log != nil {
+			l.log.LogAttrs(ctx, slog.LevelError, "wslimit: store failed; refusing", slog.String("error", err.Error()))
+		}
+		d.refuse(p, "", ReasonStoreError, 0, keys.Key{})
+		return d
+	}
+	if !v.OK {
+		ra := v.RetryAfter
+		if v.Reason == ReasonConnections {
+			ra = p.capRetryAfter
+		}
+		d.refuse(p, claims[v.Index].Rule, v.Reason, ra, claims[v.Index].Key)
+		return d
+	}
+	d.lease, d.claims, d.held = lease, claims, true
+	return d
+}
+
+// refuse records a refusal; in dry run the decision stays allowed.
+func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Duration, k keys.Key) {
+	if d.Rule == "" {
+		d.Rule, d.Reason, d.RetryAfter, d.Key = rule, reason, retry, k
+	}
+	if p.dryRun {
+		d.WouldReject = true
+		return
+	}
+	d.Allowed = false
+}
+
+// key takes rule's key from the request; false when it is absent.
+func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, haveIP bool) (keys.Key, bool) {
+	switch rule.Kind {
+	case KeyGlobal:
+		return keys.Global(), true
+	case KeyIP:
+		if !haveIP {
+			return keys.Key{}, false
+		}
+		return keys.IP(ip), true
+	case KeySubnet:
+		if !haveIP {
+			return keys.Key{}, false
+		}
+		return keys.Subnet(ip, rule.IPv4Prefix, rule.IPv6Prefix), true
+	case KeyHeader:
+		return keys.HeaderValue(r, rule.Param)
+	}
+	return keys.Key{}, false
+}

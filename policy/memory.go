@@ -1,0 +1,182 @@
+package policy
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wslimit/wslimit/buckets"
+	"github.com/wslimit/wslimit/concurrency"
+	"github.com/wslimit/wslimit/keys"
+)
+
+// MemoryStore keeps counters and buckets in this process: exact connection
+// caps (sharded counters whose entries exist only while a key holds slots)
+// and LRU-bounded token-bucket tables, one of each per rule name. It is safe
+// for concurrent use.
+type MemoryStore struct {
+	seed  maphash.Seed
+	hash  func(keys.Key) uint64
+	rules atomic.Pointer[map[string]*memRule] // copy-on-write
+	mu    sync.Mutex                          // serialises additions to rules
+	ids   atomic.Uint64
+}
+
+var _ Store = (*MemoryStore)(nil)
+
+type memRule struct {
+	conns   *concurrency.Counter[keys.Key]
+	mu      sync.Mutex // guards creation and resizing of buckets
+	buckets atomic.Pointer[buckets.Table[keys.Key]]
+	maxKeys atomic.Int64
+}
+
+// NewMemoryStore returns an empty in-memory store.
+func NewMemoryStore() *MemoryStore {
+	s := &MemoryStore{seed: maphash.MakeSeed()}
+	s.hash = func(k keys.Key) uint64 { return k.Hash(s.seed) }
+	m := map[string]*memRule{}
+	s.rules.Store(&m)
+	return s
+}
+
+func (s *MemoryStore) rule(name string) *memRule {
+	if r, ok := (*s.rules.Load())[name]; ok {
+		return r
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := *s.rules.Load()
+	if r, ok := old[name]; ok {
+		return r
+	}
+	next := make(map[string]*memRule, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	r := &memRule{conns: concurrency.New(s.hash)}
+	next[name] = r
+	s.rules.Store(&next)
+	return r
+}
+
+func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
+	want := int64(c.MaxKeys)
+	if want <= 0 {
+		want = DefaultMaxKeys
+	}
+	if t := r.buckets.Load(); t != nil && r.maxKeys.Load() == want {
+		return t
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.buckets.Load()
+	switch {
+	case t == nil:
+		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull}, s.hash)
+		r.buckets.Store(t)
+	case r.maxKeys.Load() != want:
+		t.Resize(int(want))
+	}
+	r.maxKeys.Store(want)
+	return t
+}
+
+// Admit grants every claim or none: connection slots first (exact), then
+// tokens; any refusal releases the slots and cancels the tokens taken so
+// far. A cancelled token may be restored only partly under contention,
+// which errs toward admitting fewer.
+func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (Lease, Verdict, error) {
+	var (
+		held [MaxRules]*memRule
+		res  [MaxRules]buckets.Reservation
+	)
+	if len(claims) > MaxRules {
+		claims = claims[:MaxRules]
+	}
+	for i := range claims {
+		c := &claims[i]
+		r := s.rule(c.Rule)
+		if c.Conns > 0 {
+			if !r.conns.Acquire(c.Key, c.Conns) {
+				s.undo(now, claims[:i], held[:i], res[:i])
+				return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
+			}
+			held[i] = r
+		}
+		if c.Limit > 0 {
+			rv, result := s.table(r, c).Reserve(c.Key, now, c.Limit, c.Burst)
+			if !result.OK {
+				s.undo(now, claims[:i+1], held[:i+1], res[:i])
+				reason := ReasonRate
+				if result.Full {
+					reason = ReasonTableFull
+				}
+				return Lease{}, Verdict{Index: i, Reason: reason, RetryAfter: result.RetryAfter}, nil
+			}
+			res[i] = rv
+		}
+	}
+	return Lease{ID: s.ids.Add(1)}, Verdict{OK: true}, nil
+}
+
+func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res []buckets.Reservation) {
+	for i := range claims {
+		if held[i] != nil {
+			held[i].conns.Release(claims[i].Key)
+		}
+	}
+	for i := range res {
+		res[i].Cancel(now)
+	}
+}
+
+// Release frees the connection slots of an admitted lease.
+func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
+	for i := range claims {
+		if claims[i].Conns > 0 {
+			s.rule(claims[i].Rule).conns.Release(claims[i].Key)
+		}
+	}
+	return nil
+}
+
+// Close is a no-op; the store holds no resources beyond memory.
+func (s *MemoryStore) Close() error { return nil }
+
+// RuleStats is a snapshot of one rule's state in a MemoryStore.
+type RuleStats struct {
+	// Keys is the number of keys holding at least one connection slot.
+	Keys int
+	// Connections is the number of slots held.
+	Connections int
+	// Buckets is the number of token buckets tracked.
+	Buckets int
+	// Evictions counts buckets dropped before they had refilled.
+	Evictions uint64
+}
+
+// Stats returns a snapshot of the named rule's state.
+func (s *MemoryStore) Stats(rule string) RuleStats {
+	r, ok := (*s.rules.Load())[rule]
+	if !ok {
+		return RuleStats{}
+	}
+	st := RuleStats{Keys: r.conns.Len(), Connections: r.conns.Total()}
+	if t := r.buckets.Load(); t != nil {
+		st.Buckets = t.Len()
+		st.Evictions = t.Evictions()
+	}
+	return st
+}
+
+// Count returns the slots key holds under rule.
+func (s *MemoryStore) Count(rule string, k keys.Key) int {
+	r, ok := (*s.rules.Load())[rule]
+	if !ok {
+		return 0
+	}
+	return r.conns.Count(k)
+}

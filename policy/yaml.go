@@ -1,0 +1,392 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	yaml "github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+)
+
+// MaxPolicyBytes bounds the size of a policy file; larger files are refused
+// before parsing.
+const MaxPolicyBytes = 1 << 20
+
+// LoadFile reads, decodes, validates and compiles the policy file at path.
+// Every error carries path:line:column and what is wrong; several problems
+// are reported together (joined with errors.Join).
+func LoadFile(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes, validates and compiles a policy document. filename is used
+// only in error messages.
+func Parse(data []byte, filename string) (*Policy, error) {
+	cfg, pos, err := decodeYAML(data, filename)
+	if err != nil {
+		return nil, err
+	}
+	p, err := New(*cfg)
+	if err != nil {
+		return nil, locate(err, filename, pos)
+	}
+	return p, nil
+}
+
+// DecodeYAML decodes a policy document into a Config without validating
+// it. Unknown fields and type mismatches are errors with line and column.
+func DecodeYAML(data []byte, filename string) (*Config, error) {
+	cfg, _, err := decodeYAML(data, filename)
+	return cfg, err
+}
+
+type position struct{ line, col int }
+
+func decodeYAML(data []byte, filename string) (*Config, map[string]position, error) {
+	if len(data) > MaxPolicyBytes {
+		return nil, nil, &Error{File: filename, Line: 1, Column: 1, Msg: fmt.Sprintf("file is larger than %d bytes", MaxPolicyBytes)}
+	}
+	f, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		var se *yaml.SyntaxError
+		if errors.As(err, &se) && se.Token != nil {
+			return nil, nil, &Error{File: filename, Line: se.Token.Position.Line, Column: se.Token.Position.Column, Msg: "YAML syntax: " + se.Message}
+		}
+		return nil, nil, &Error{File: filename, Line: 1, Column: 1, Msg: "YAML syntax: " + err.Error()}
+	}
+	var body ast.Node
+	for _, d := range f.Docs {
+		if d.Body == nil {
+			continue
+		}
+		if body != nil {
+			t := d.Body.GetToken()
+			return nil, nil, &Error{File: filename, Line: t.Position.Line, Column: t.Position.Column, Msg: "a policy file holds exactly one YAML document"}
+		}
+		body = d.Body
+	}
+	if body == nil {
+		return nil, nil, &Error{File: filename, Line: 1, Column: 1, Msg: "empty policy"}
+	}
+	d := &decoder{file: filename, pos: map[string]position{}, anchors: map[string]ast.Node{}}
+	cfg := new(Config)
+	d.decode(body, reflect.ValueOf(cfg).Elem(), "", 0)
+	if len(d.errs) > 0 {
+		return nil, nil, errors.Join(d.errs...)
+	}
+	return cfg, d.pos, nil
+}
+
+// locate fills in file, line and column of the validation errors in err
+// from the positions recorded while decoding: the position of the error's
+// path, or of its nearest recorded parent.
+func locate(err error, filename string, pos map[string]position) error {
+	var errs []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	} else {
+		errs = []error{err}
+	}
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
+		var pe *Error
+		if !errors.As(e, &pe) {
+			out = append(out, fmt.Errorf("%s: %w", filename, e))
+			continue
+		}
+		c := *pe
+		c.File = filename
+		for p := c.Path; ; p = parentPath(p) {
+			if at, ok := pos[p]; ok {
+				c.Line, c.Column = at.line, at.col
+				break
+			}
+			if p == "" {
+				c.Line, c.Column = 1, 1
+				break
+			}
+		}
+		out = append(out, &c)
+	}
+	if len(out) == 1 {
+		return out[0]
+	}
+	return errors.Join(out...)
+}
+
+// parentPath returns "rules[1]" for "rules[1].rate", "rules" for
+// "rules[1]" and "" for "rules".
+func parentPath(p string) string {
+	if i := strings.LastIndexAny(p, ".["); i >= 0 {
+		return p[:i]
+	}
+	return ""
+}
+
+// decoder walks the YAML syntax tree into Go values by their yaml tags,
+// rejecting unknown fields and recording the position of every path.
+type decoder struct {
+	file    string
+	pos     map[string]position
+	anchors map[string]ast.Node
+	errs    []error
+}
+
+const maxDepth = 32
+
+func (d *decoder) fail(n ast.Node, path, format string, args ...any) {
+	t := n.GetToken()
+	line, col := 1, 1
+	if t != nil {
+		line, col = t.Position.Line, t.Position.Column
+	}
+	d.errs = append(d.errs, &Error{File: d.file, Line: line, Column: col, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// resolve follows anchors, aliases, tags and comments to the node that
+// holds the value.
+func (d *decoder) resolve(n ast.Node, path string) ast.Node {
+	for i := 0; i < maxDepth && n != nil; i++ {
+		switch v := n.(type) {
+		case *ast.AnchorNode:
+			d.anchors[v.Name.GetToken().Value] = v.Value
+			n = v.Value
+		case *ast.AliasNode:
+			name := v.Value.GetToken().Value
+			target, ok := d.anchors[name]
+			if !ok {
+				d.fail(n, path, "unknown alias *%s", name)
+				return nil
+			}
+			n = target
+		case *ast.TagNode:
+			n = v.Value
+		case *ast.CommentGroupNode:
+			return nil
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+func (d *decoder) decode(n ast.Node, v reflect.Value, path string, depth int) {
+	if depth > maxDepth {
+		d.fail(n, path, "nesting deeper than %d levels", maxDepth)
+		return
+	}
+	orig := n
+	n = d.resolve(n, path)
+	if n == nil {
+		return
+	}
+	d.pos[path] = nodePos(orig, n)
+	if _, isNull := n.(*ast.NullNode); isNull {
+		return // null leaves the zero value: the documented default
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.decode(n, v.Elem(), path, depth+1)
+	case reflect.Struct:
+		values, ok := mappingValues(n)
+		if !ok {
+			d.fail(n, path, "expected a mapping of %s fields, got %s", fieldsOf(v.Type()), describe(n))
+			return
+		}
+		seen := map[string]bool{}
+		for _, mv := range values {
+			key := d.resolve(mv.Key, path)
+			if key == nil {
+				continue
+			}
+			name := key.GetToken().Value
+			sub := join(path, name)
+			if seen[name] {
+				d.fail(mv.Key, sub, "duplicate field %q", name)
+				continue
+			}
+			seen[name] = true
+			f, ok := fieldByTag(v, name)
+			if !ok {
+				d.fail(mv.Key, sub, "unknown field %q (known: %s)", name, fieldsOf(v.Type()))
+				continue
+			}
+			d.decode(mv.Value, f, sub, depth+1)
+		}
+	case reflect.Map:
+		values, ok := mappingValues(n)
+		if !ok {
+			d.fail(n, path, "expected a mapping, got %s", describe(n))
+			return
+		}
+		if v.IsNil() {
+			v.Set(reflect.MakeMap(v.Type()))
+		}
+		for _, mv := range values {
+			key := d.resolve(mv.Key, path)
+			if key == nil {
+				continue
+			}
+			name := key.GetToken().Value
+			sub := join(path, name)
+			kv := reflect.ValueOf(name).Convert(v.Type().Key())
+			if v.MapIndex(kv).IsValid() {
+				d.fail(mv.Key, sub, "duplicate key %q", name)
+				continue
+			}
+			ev := reflect.New(v.Type().Elem()).Elem()
+			d.decode(mv.Value, ev, sub, depth+1)
+			v.SetMapIndex(kv, ev)
+		}
+	case reflect.Slice:
+		s, ok := n.(*ast.SequenceNode)
+		if !ok {
+			d.fail(n, path, "expected a list, got %s", describe(n))
+			return
+		}
+		out := reflect.MakeSlice(v.Type(), len(s.Values), len(s.Values))
+		for i, e := range s.Values {
+			d.decode(e, out.Index(i), fmt.Sprintf("%s[%d]", path, i), depth+1)
+		}
+		v.Set(out)
+	default:
+		d.scalar(n, v, path)
+	}
+}
+
+func (d *decoder) scalar(n ast.Node, v reflect.Value, path string) {
+	switch n.(type) {
+	case *ast.MappingNode, *ast.SequenceNode, *ast.MappingValueNode:
+		d.fail(n, path, "expected a single value, got %s", describe(n))
+		return
+	}
+	text := n.GetToken().Value
+	switch {
+	case v.Type() == durationType:
+		dur, err := time.ParseDuration(text)
+		if err != nil {
+			d.fail(n, path, "%q is not a duration (examples: 50ms, 30s, 5m)", text)
+			return
+		}
+		v.SetInt(int64(dur))
+	case v.Kind() == reflect.String:
+		v.SetString(text)
+	case v.Kind() == reflect.Int:
+		if _, ok := n.(*ast.IntegerNode); !ok {
+			d.fail(n, path, "expected an integer, got %s", describe(n))
+			return
+		}
+		i, err := strconv.ParseInt(strings.ReplaceAll(text, "_", ""), 0, 64)
+		if err != nil || int64(int(i)) != i {
+			d.fail(n, path, "%q is not an integer in range", text)
+			return
+		}
+		v.SetInt(i)
+	case v.Kind() == reflect.Bool:
+		b, ok := n.(*ast.BoolNode)
+		if !ok {
+			d.fail(n, path, "expected true or false, got %s", describe(n))
+			return
+		}
+		v.SetBool(b.Value)
+	default:
+		d.fail(n, path, "unsupported field type %s", v.Type())
+	}
+}
+
+func join(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+func fieldByTag(v reflect.Value, name string) (reflect.Value, bool) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		if tagName(t.Field(i)) == name {
+			return v.Field(i), true
+		}
+	}
+	return reflect.Value{}, false
+}
+
+func tagName(f reflect.StructField) string {
+	tag := f.Tag.Get("yaml")
+	if i := strings.IndexByte(tag, ','); i >= 0 {
+		tag = tag[:i]
+	}
+	return tag
+}
+
+func fieldsOf(t reflect.Type) string {
+	var names []string
+	for i := 0; i < t.NumField(); i++ {
+		if n := tagName(t.Field(i)); n != "" && n != "-" {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+func describe(n ast.Node) string {
+	switch n.(type) {
+	case *ast.MappingNode, *ast.MappingValueNode:
+		return "a mapping"
+	case *ast.SequenceNode:
+		return "a list"
+	case *ast.StringNode:
+		return fmt.Sprintf("string %q", n.GetToken().Value)
+	case *ast.IntegerNode:
+		return "integer " + n.GetToken().Value
+	case *ast.FloatNode:
+		return "number " + n.GetToken().Value
+	case *ast.BoolNode:
+		return "boolean " + n.GetToken().Value
+	default:
+		return fmt.Sprintf("%q", n.GetToken().Value)
+	}
+}
+
+// mappingValues returns the entries of a mapping; the parser represents a
+// one-entry block mapping as a bare MappingValueNode.
+func mappingValues(n ast.Node) ([]*ast.MappingValueNode, bool) {
+	switch m := n.(type) {
+	case *ast.MappingNode:
+		return m.Values, true
+	case *ast.MappingValueNode:
+		return []*ast.MappingValueNode{m}, true
+	}
+	return nil, false
+}
+
+// nodePos is where a value starts: a mapping's first key, else the node's
+// own token.
+func nodePos(orig, n ast.Node) position {
+	if values, ok := mappingValues(n); ok && len(values) > 0 {
+		if t := values[0].Key.GetToken(); t != nil {
+			return position{t.Position.Line, t.Position.Column}
+		}
+	}
+	if t := orig.GetToken(); t != nil {
+		return position{t.Position.Line, t.Position.Column}
+	}
+	return position{1, 1}
+}

@@ -1,0 +1,208 @@
+package policy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+const goodPolicy = `version: 1
+client_ip:
+  trusted_proxies: [127.0.0.1/32, 10.0.0.0/8]
+  header: X-Forwarded-For
+exempt: [10.1.0.0/16]
+rules:
+  - name: per-ip
+    key: ip
+    connections: 20
+    rate: 10/s
+    burst: 20
+  - name: per-subnet
+    key: subnet
+    ipv4_prefix: 24
+    ipv6_prefix: 56
+    connections: 200
+  - name: per-tenant
+    key: header:X-Tenant
+    rate: 100/m
+  - name: everyone
+    key: global
+    connections: 10000
+state:
+  max_keys: 5000
+  on_full: refuse
+reject: {mode: close, cap_retry_after: 3s}
+mode: dry_run
+`
+
+func TestParseGoodPolicy(t *testing.T) {
+	p, err := Parse([]byte(goodPolicy), "good.yaml")
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	rules := p.Rules()
+	if got, want := len(rules), 4; got != want {
+		t.Fatalf("rules = %d, want %d", got, want)
+	}
+	ip := rules[0]
+	if ip.Kind != KeyIP || ip.Connections != 20 || ip.Limit != rate.Limit(10) || ip.Burst != 20 {
+		t.Errorf("per-ip = %+v", ip)
+	}
+	if ip.MaxKeys != 5000 || !ip.Refuse {
+		t.Errorf("per-ip state: MaxKeys %d Refuse %v, want 5000 true", ip.MaxKeys, ip.Refuse)
+	}
+	sub := rules[1]
+	if sub.Kind != KeySubnet || sub.IPv4Prefix != 24 || sub.IPv6Prefix != 56 {
+		t.Errorf("per-subnet = %+v", sub)
+	}
+	tenant := rules[2]
+	if tenant.Kind != KeyHeader || tenant.Param != "X-Tenant" {
+		t.Errorf("per-tenant = %+v", tenant)
+	}
+	if got, want := float64(tenant.Limit), 100.0/60; got < want-1e-9 || got > want+1e-9 {
+		t.Errorf("per-tenant limit = %v, want %v", got, want)
+	}
+	if tenant.Burst != 2 {
+		t.Errorf("default burst = %d, want ceil(rate per second) floored at 1 = 2", tenant.Burst)
+	}
+	if !p.DryRun() || p.RejectMode() != RejectClose || p.CapRetryAfter() != 3*time.Second {
+		t.Errorf("dry %v mode %q cap retry %v", p.DryRun(), p.RejectMode(), p.CapRetryAfter())
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	p, err := Parse([]byte("version: 1\nrules:\n  - {name: s, key: subnet, connections: 1}\n"), "d.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := p.Rules()[0]
+	if r.IPv4Prefix != DefaultIPv4Prefix || r.IPv6Prefix != DefaultIPv6Prefix || r.MaxKeys != DefaultMaxKeys || r.Refuse {
+		t.Errorf("defaults not applied: %+v", r)
+	}
+	if p.DryRun() || p.RejectMode() != RejectStatus || p.CapRetryAfter() != DefaultCapRetryAfter {
+		t.Errorf("policy defaults: dry %v mode %q retry %v", p.DryRun(), p.RejectMode(), p.CapRetryAfter())
+	}
+}
+
+// TestParseErrors guards the promise that every malformed policy names the
+// file, line and column of the problem and says what is wrong.
+func TestParseErrors(t *testing.T) {
+	const head = "version: 1\nrules:\n"
+	tests := []struct {
+		name string
+		doc  string
+		want string // "line:col: fragment"
+	}{
+		{"unknown top-level field", "version: 1\nrulez: []\n", `2:1: rulez: unknown field "rulez"`},
+		{"unknown rule field", head + "  - name: a\n    key: ip\n    conections: 5\n", `5:5: rules[0].conections: unknown field "conections"`},
+		{"bad CIDR", "version: 1\nexempt: [10.0.0.0/33]\nrules:\n  - {name: a, key: ip, connections: 1}\n", `2:10: exempt[0]: "10.0.0.0/33" is not a CIDR block`},
+		{"host bits in CIDR", "version: 1\nclient_ip:\n  trusted_proxies:\n    - 10.0.0.1/8\nrules:\n  - {name: a, key: ip, connections: 1}\n", `4:7: client_ip.trusted_proxies[0]: "10.0.0.1/8" has host bits set`},
+		{"bad rate unit", head + "  - name: a\n    key: ip\n    rate: 10/x\n", `5:11: rules[0].rate: rate "10/x": period must be`},
+		{"zero rate", head + "  - name: a\n    key: ip\n    rate: 0/s\n", `5:11: rules[0].rate: rate "0/s": count must be a positive number`},
+		{"negative cap", head + "  - name: a\n    key: ip\n    connections: -3\n", `5:18: rules[0].connections: must not be negative (got -3)`},
+		{"duplicate rule name", head + "  - {name: a, key: ip, connections: 1}\n  - name: a\n    key: global\n    connections: 9\n", `4:11: rules[1].name: duplicate rule name "a" (also rules[0])`},
+		{"unknown key kind", head + "  - name: a\n    key: mac\n    connections: 1\n", `4:10: rules[0].key: unknown key "mac"`},
+		{"rule limits nothing", head + "  - name: a\n    key: ip\n", `3:5: rules[0]: rule "a" limits nothing`},
+		{"string for int", head + "  - name: a\n    key: ip\n    connections: many\n", `5:18: rules[0].connections: expected an integer, got string "many"`},
+		{"burst without rate", head + "  - name: a\n    key: ip\n    connections: 1\n    burst: 4\n", `6:12: rules[0].burst: burst needs a rate`},
+		{"prefix out of range", head + "  - name: a\n    key: subnet\n    ipv6_prefix: 129\n    connections: 1\n", `5:18: rules[0].ipv6_prefix: must be between 1 and 128`},
+		{"prefix on ip key", head + "  - name: a\n    key: ip\n    ipv4_prefix: 16\n    connections: 1\n", `5:18: rules[0].ipv4_prefix: prefix lengths apply only to key: subnet`},
+		{"bad on_missing", head + "  - name: a\n    key: header:X-A\n    on_missing: maybe\n    connections: 1\n", `5:17: rules[0].on_missing: must be skip or reject`},
+		{"bad mode", "version: 1\nmode: enforcing\nrules:\n  - {name: a, key: ip, connections: 1}\n", `2:7: mode: must be enforce or dry_run`},
+		{"bad duration", "version: 1\nreject:\n  cap_retry_after: soon\nrules:\n  - {name: a, key: ip, connections: 1}\n", `3:20: reject.cap_retry_after: "soon" is not a duration`},
+		{"wrong version", "version: 2\nrules:\n  - {name: a, key: ip, connections: 1}\n", `1:10: version: must be 1 (got 2)`},
+		{"no rules", "version: 1\n", `1:1: rules: a policy needs at least one rule`},
+		{"rules not a list", "version: 1\nrules: {name: a}\n", `2:8: rules: expected a list, got a mapping`},
+		{"syntax error", "version: 1\nrules: [\n", `YAML syntax`},
+		{"duplicate field", "version: 1\nversion: 1\nrules:\n  - {name: a, key: ip, connections: 1}\n", `2:1: YAML syntax: mapping key "version" already defined`},
+		{"header without trusted proxies", "version: 1\nclient_ip: {header: X-Real-IP}\nrules:\n  - {name: a, key: ip, connections: 1}\n", `2:21: client_ip.header: a forwarding header needs client_ip.trusted_proxies`},
+		{"bad store", "version: 1\nstate: {store: etcd}\nrules:\n  - {name: a, key: ip, connections: 1}\n", `2:16: state.store: must be memory or redis`},
+		{"bad rule name", head + "  - name: \"a b\"\n    key: ip\n    connections: 1\n", `3:11: rules[0].name: must be 1-64 characters`},
+		{"empty document", "", `1:1: empty policy`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc), "p.yaml")
+			if err == nil {
+				t.Fatalf("Parse succeeded, want error containing %q", tt.want)
+			}
+			got := err.Error()
+			if !strings.Contains(got, tt.want) {
+				t.Errorf("error = %q\nwant it to contain %q", got, tt.want)
+			}
+			if !strings.HasPrefix(got, "p.yaml:") {
+				t.Errorf("error %q does not start with the file name", got)
+			}
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Line == 0 || pe.Column == 0 {
+				t.Errorf("error is not a located *Error: %#v", err)
+			}
+		})
+	}
+}
+
+func TestParseReportsEveryProblem(t *testing.T) {
+	doc := "version: 1\nrules:\n  - {name: a, key: ip, connections: -1}\n  - {name: b, key: ip, rate: fast}\n"
+	_, err := Parse([]byte(doc), "p.yaml")
+	if err == nil {
+		t.Fatal("want error")
+	}
+	for _, want := range []string{"p.yaml:3:", "connections: must not be negative", "p.yaml:4:", `rate "fast"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(path, []byte(goodPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadFile(path); err != nil {
+		t.Fatalf("LoadFile: %v", err)
+	}
+	if _, err := LoadFile(filepath.Join(dir, "missing.yaml")); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: err = %v, want os.ErrNotExist", err)
+	}
+}
+
+func TestNewFromGo(t *testing.T) {
+	p, err := New(Config{Version: 1, Rules: []RuleConfig{{Name: "per-ip", Key: "ip", Connections: 3, Rate: "5/s"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := p.Rules()[0]; r.Connections != 3 || r.Limit != 5 || r.Burst != 5 {
+		t.Errorf("rule = %+v", r)
+	}
+	_, err = New(Config{Version: 1, Rules: []RuleConfig{{Name: "x", Key: "ip", Connections: -1}}})
+	if err == nil || !strings.HasPrefix(err.Error(), "policy: rules[0].connections: must not be negative") {
+		t.Errorf("Go-built error = %v", err)
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	tests := []struct {
+		in   string
+		want rate.Limit
+	}{
+		{"10/s", 10}, {"60/m", 1}, {"3600/h", 1}, {"3/10s", 0.3}, {"0.5/s", 0.5}, {" 2 / s ", 2},
+	}
+	for _, tt := range tests {
+		got, err := ParseRate(tt.in)
+		if err != nil || got < tt.want-1e-9 || got > tt.want+1e-9 {
+			t.Errorf("ParseRate(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"", "10", "10/", "/s", "-1/s", "x/s", "10/0s", "NaN/s", "Inf/s", "1/-1s"} {
+		if _, err := ParseRate(bad); err == nil {
+			t.Errorf("ParseRate(%q) succeeded", bad)
+		}
+	}
+}

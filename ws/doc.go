@@ -1,0 +1,40 @@
+// Package ws guards gorilla/websocket handshakes with a wslimit policy.
+//
+// # Overview
+//
+// A Guard wraps a websocket.Upgrader. Guard.Upgrade evaluates the policy
+// before the upgrade; when every rule admits the handshake it upgrades and
+// returns a *Conn that holds the connection's slots. A refused handshake is
+// answered with HTTP 429 (401 for a required but missing identity, 503 when
+// the store fails), a Retry-After header in whole seconds rounded up from
+// the bucket's real refill time, and a small JSON body naming the rule and
+// the reason. With reject.mode close the handshake is instead accepted and
+// closed at once with 1013 (Try Again Later) or 1008 (Policy Violation) and
+// a reason, which browsers can read; such a connection never takes a slot,
+// and the number being closed at once is bounded (Options.MaxClosing).
+//
+// Guard.Middleware is the same admission for any http.Handler (other
+// WebSocket libraries, httputil.ReverseProxy): slots are released when the
+// wrapped handler returns.
+//
+// # Release
+//
+// Every admitted slot is released exactly once: when the connection is
+// closed by any path (Conn.Close, the embedded websocket.Conn's Close, the
+// network connection's Close, which gorilla also calls on a failed upgrade),
+// and, as a last resort, when an unclosed connection becomes unreachable
+// (a runtime cleanup). Release does not belong in the HTTP handler's defer:
+// gorilla applications often hand the connection to goroutines and return.
+//
+// # Origin Considerations
+//
+// The Upgrader's CheckOrigin runs before the policy is evaluated: requests
+// that are not WebSocket handshakes, or whose origin is refused, are
+// answered by the Upgrader and never counted.
+//
+// # Concurrency
+//
+// A Guard is safe for concurrent use. A Conn follows gorilla's rules: one
+// concurrent reader and one concurrent writer; Close may be called from any
+// goroutine, any number of times.
+package ws

@@ -1,0 +1,366 @@
+package ws
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/wslimit/wslimit/policy"
+)
+
+// Close codes sent in close mode.
+const (
+	CloseTryAgainLater   = websocket.CloseTryAgainLater   // 1013: a cap or rate refused
+	ClosePolicyViolation = websocket.ClosePolicyViolation // 1008: a required identity is missing
+)
+
+// DefaultMaxClosing bounds the connections being closed at once in close
+// mode; past it, refusals are answered with an HTTP status instead.
+const DefaultMaxClosing = 256
+
+// closeLinger is how long a close-mode connection waits for the client's
+// close frame before the TCP connection is dropped.
+const closeLinger = time.Second
+
+// ErrRejected is returned (wrapped in a *RejectError) by Upgrade when the
+// policy refused the handshake; the response has already been written.
+var ErrRejected = errors.New("ws: handshake rejected")
+
+// RejectError describes a refused handshake.
+type RejectError struct {
+	// Decision is the limiter's decision, naming rule and reason.
+	Decision *policy.Decision
+}
+
+// Error names the rule and the reason.
+func (e *RejectError) Error() string {
+	return fmt.Sprintf("ws: handshake rejected by rule %q: %s", e.Decision.Rule, e.Decision.Reason)
+}
+
+// Unwrap returns ErrRejected.
+func (e *RejectError) Unwrap() error { return ErrRejected }
+
+// Options configure a Guard. The zero value is usable: a default
+// websocket.Upgrader (same-origin check), in-memory state, no logs, the
+// default rejection responses.
+type Options struct {
+	// Upgrader performs the upgrade; its CheckOrigin, Subprotocols and
+	// buffer settings apply as usual.
+	Upgrader websocket.Upgrader
+	// Store holds limiting state; nil means in-memory.
+	Store policy.Store
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger, when set, receives one line per rejection.
+	Logger *slog.Logger
+	// Reject, when set, replaces the default rejection response in status
+	// mode. It must write a response.
+	Reject func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
+	// MaxClosing bounds close-mode connections being closed at once
+	// (default DefaultMaxClosing); past it a refusal gets an HTTP status.
+	MaxClosing int
+}
+
+// Guard admits WebSocket handshakes under a policy before upgrading them.
+// It is safe for concurrent use.
+type Guard struct {
+	lim     *policy.Limiter
+	up      websocket.Upgrader
+	log     *slog.Logger
+	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
+	closing chan struct{}
+	wg      sync.WaitGroup
+}
+
+// New returns a Guard enforcing p.
+func New(p *policy.Policy, opts Options) (*Guard, error) {
+	if p == nil {
+		return nil, errors.New("ws: nil policy")
+	}
+	n := opts.MaxClosing
+	if n <= 0 {
+		n = DefaultMaxClosing
+	}
+	g := &Guard{
+		lim:     policy.NewLimiter(p, policy.Options{Store: opts.Store, Now: opts.Now, Logger: opts.Logger}),
+		up:      opts.Upgrader,
+		log:     opts.Logger,
+		reject:  opts.Reject,
+		closing: make(chan struct{}, n),
+	}
+	return g, nil
+}
+
+// Limiter returns the guard's limiter (for reloads and inspection).
+func (g *Guard) Limiter() *policy.Limiter { return g.lim }
+
+// SetPolicy swaps the policy for later handshakes; see policy.Limiter.SetPolicy.
+func (g *Guard) SetPolicy(p *policy.Policy) { g.lim.SetPolicy(p) }
+
+// Close waits for close-mode connections to finish closing and closes the
+// limiter's store if the guard created it. Live connections keep their
+// slots until they close.
+func (g *Guard) Close() error {
+	g.wg.Wait()
+	return g.lim.Close()
+}
+
+// Conn is an admitted WebSocket connection. Closing it, by Close on it or
+// on the embedded *websocket.Conn, or by closing its network connection,
+// releases every slot it holds, exactly once; so does the garbage collector
+// when the connection becomes unreachable without being closed.
+type Conn struct {
+	*websocket.Conn
+	d *policy.Decision
+}
+
+// Decision returns the admission decision of the connection.
+func (c *Conn) Decision() *policy.Decision { return c.d }
+
+// Upgrade evaluates the policy for r and, when admitted, upgrades the
+// connection. When refused it writes the rejection (HTTP 429/401/503 with
+// Retry-After and a JSON body, or in close mode an upgrade followed by a
+// close frame) and returns an error wrapping ErrRejected. When the upgrade
+// itself fails, the slots are released at once and gorilla's error is
+// returned. Requests that are not WebSocket handshakes, or whose origin the
+// Upgrader refuses, are answered by the Upgrader without being counted.
+func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header) (*Conn, error) {
+	if !websocket.IsWebSocketUpgrade(r) || !g.checkOrigin(r) {
+		c, err := g.up.Upgrade(w, r, responseHeader) // writes the error response
+		if err == nil {
+			// Cannot happen: the Upgrader refuses what we pre-checked.
+			c.Close()
+			err = errors.New("ws: unexpected upgrade")
+		}
+		return nil, err
+	}
+	d := g.lim.Admit(r.Context(), r)
+	if !d.Allowed {
+		g.logReject(r, d)
+		g.writeReject(w, r, d, responseHeader)
+		return nil, &RejectError{Decision: d}
+	}
+	if d.WouldReject {
+		g.logReject(r, d)
+	}
+	if !d.Holds() {
+		c, err := g.up.Upgrade(w, r, responseHeader)
+		if err != nil {
+			return nil, err
+		}
+		return &Conn{Conn: c, d: d}, nil
+	}
+	hw := &hijackWriter{ResponseWriter: w, d: d}
+	c, err := g.up.Upgrade(hw, r, responseHeader)
+	if err != nil {
+		d.Release()
+		return nil, err
+	}
+	return &Conn{Conn: c, d: d}, nil
+}
+
+func (g *Guard) checkOrigin(r *http.Request) bool {
+	if g.up.CheckOrigin != nil {
+		return g.up.CheckOrigin(r)
+	}
+	return sameOrigin(r)
+}
+
+// Middleware returns a handler that admits each request under the policy
+// before calling next, and releases the slots when next returns (also when
+// it panics). It suits WebSocket libraries other than gorilla and
+// httputil.ReverseProxy, whose handlers return when the connection ends.
+// Refusals are written as in status mode.
+func (g *Guard) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d := g.lim.Admit(r.Context(), r)
+		if !d.Allowed {
+			g.logReject(r, d)
+			g.writeStatus(w, r, d)
+			return
+		}
+		if d.WouldReject {
+			g.logReject(r, d)
+		}
+		defer d.Release()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (g *Guard) logReject(r *http.Request, d *policy.Decision) {
+	if g.log == nil {
+		return
+	}
+	msg := "wslimit: handshake rejected"
+	if d.WouldReject {
+		msg = "wslimit: handshake would be rejected (dry run)"
+	}
+	g.log.LogAttrs(r.Context(), slog.LevelInfo, msg,
+		slog.String("rule", d.Rule),
+		slog.String("reason", d.Reason.String()),
+		slog.String("key", d.Key.String()),
+		slog.String("client_ip", d.ClientIP.String()),
+		slog.Duration("retry_after", d.RetryAfter),
+	)
+}
+
+// rejectBody is the JSON body of a refused handshake.
+type rejectBody struct {
+	Error      string `json:"error"`
+	Rule       string `json:"rule,omitempty"`
+	Reason     string `json:"reason"`
+	RetryAfter int    `json:"retry_after,omitempty"`
+}
+
+// RetryAfterSeconds rounds d up to whole seconds, at least 1.
+func RetryAfterSeconds(d time.Duration) int {
+	s := int((d + time.Second - 1) / time.Second)
+	return max(s, 1)
+}
+
+func (g *Guard) writeReject(w http.ResponseWriter, r *http.Request, d *policy.Decision, h http.Header) {
+	if g.lim.Policy().RejectMode() == policy.RejectClose {
+		select {
+		case g.closing <- struct{}{}:
+			g.closeReject(w, r, d, h)
+			return
+		default:
+			// Too many connections being closed: answer cheaply instead.
+		}
+	}
+	g.writeStatus(w, r, d)
+}
+
+func (g *Guard) writeStatus(w http.ResponseWriter, r *http.Request, d *policy.Decision) {
+	if g.reject != nil {
+		g.reject(w, r, d)
+		return
+	}
+	WriteRejection(w, d)
+}
+
+// WriteRejection writes the default response for a refused decision:
+// its status (429, 401 or 503), Retry-After in whole seconds rounded up
+// (429 and 503), and a small JSON body naming the rule and the reason.
+func WriteRejection(w http.ResponseWriter, d *policy.Decision) {
+	status := d.Status()
+	body := rejectBody{Error: http.StatusText(status), Rule: d.Rule, Reason: d.Reason.String()}
+	hdr := w.Header()
+	if status != http.StatusUnauthorized {
+		secs := RetryAfterSeconds(d.RetryAfter)
+		hdr.Set("Retry-After", strconv.Itoa(secs))
+		body.RetryAfter = secs
+	}
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// CloseReason is the close frame reason for a refused decision, within
+// the 123 bytes a close frame allows.
+func CloseReason(d *policy.Decision) string {
+	s := fmt.Sprintf("%s: %s", d.Rule, d.Reason)
+	if d.Reason == policy.ReasonRate || d.Reason == policy.ReasonConnections {
+		s += fmt.Sprintf("; retry in %ds", RetryAfterSeconds(d.RetryAfter))
+	}
+	if len(s) > 123 {
+		s = s[:123]
+	}
+	return s
+}
+
+// closeReject upgrades without taking any slot and closes at once with
+// 1013 (or 1008 for a missing identity) and a reason. The caller holds a
+// token of g.closing, which is returned when the connection is gone.
+func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.Decision, h http.Header) {
+	c, err := g.up.Upgrade(w, r, h)
+	if err != nil {
+		<-g.closing
+		return
+	}
+	code := CloseTryAgainLater
+	if d.Reason == policy.ReasonMissing {
+		code = ClosePolicyViolation
+	}
+	deadline := time.Now().Add(closeLinger)
+	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, CloseReason(d)), deadline)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer func() { <-g.closing }()
+		// Wait briefly for the client's close frame so the reason is not
+		// lost to a reset; bounded by closeLinger and by g.closing.
+		_ = c.SetReadDeadline(deadline)
+		for {
+			if _, _, err := c.NextReader(); err != nil {
+				break
+			}
+		}
+		c.Close()
+	}()
+}
+
+// hijackWriter hands gorilla a network connection whose Close releases the
+// decision's slots, so that every way a connection ends releases them.
+type hijackWriter struct {
+	http.ResponseWriter
+	d *policy.Decision
+}
+
+func (hw *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h, ok := hw.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("ws: response does not implement http.Hijacker")
+	}
+	nc, brw, err := h.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	rc := &releasingConn{Conn: nc, d: hw.d}
+	// Last resort: a connection the application never closes is released
+	// when it becomes unreachable. The cleanup must not reference rc.
+	runtime.AddCleanup(rc, func(d *policy.Decision) { go d.Release() }, hw.d)
+	return rc, brw, nil
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (hw *hijackWriter) Unwrap() http.ResponseWriter { return hw.ResponseWriter }
+
+// releasingConn releases the decision's slots when closed.
+type releasingConn struct {
+	net.Conn
+	d *policy.Decision
+}
+
+func (c *releasingConn) Close() error {
+	err := c.Conn.Close()
+	c.d.Release()
+	return err
+}
+
+// sameOrigin is the check gorilla applies when CheckOrigin is nil: no
+// Origin header, or an Origin whose host equals the request's Host.
+func sameOrigin(r *http.Request) bool {
+	origin := r.Header["Origin"]
+	if len(origin) == 0 {
+		return true
+	}
+	u, err := url.Parse(origin[0])
+	if err != nil {
+		return false
+	}
+	return strings.EqualFold(u.Host, r.Host)
+}

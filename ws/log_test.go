@@ -1,0 +1,8 @@
+package ws
+
+import (
+	"io"
+	"log"
+)
+
+func quietLog() *log.Logger { return log.New(io.Discard, "", 0) }
