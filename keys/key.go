@@ -29,14 +29,19 @@ type Key struct {
 // Global returns the single key shared by every request.
 func Global() Key { return Key{} }
 
-// IP returns the key of one client address.
+// IP returns the key of one client address. The address is normalised
+// first (see Normalize), so an IPv4-mapped IPv6 address and its IPv4 form
+// give the same key.
 func IP(a netip.Addr) Key {
+	a = Normalize(a)
 	return Key{Kind: KindIP, Prefix: netip.PrefixFrom(a, a.BitLen())}
 }
 
 // Subnet returns the key of the block that holds a: its IPv4 prefix of v4bits
-// or its IPv6 prefix of v6bits bits.
+// or its IPv6 prefix of v6bits bits. The address is normalised first (see
+// Normalize): an IPv4-mapped IPv6 address aggregates as IPv4, by v4bits.
 func Subnet(a netip.Addr, v4bits, v6bits int) Key {
+	a = Normalize(a)
 	bits := v6bits
 	if a.Is4() {
 		bits = v4bits
