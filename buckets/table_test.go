@@ -1,0 +1,679 @@
+package buckets
+
+import (
+	"fmt"
+	"hash/maphash"
+	"math"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+var (
+	seed = maphash.MakeSeed()
+	t0   = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+func hashString(s string) uint64 { return maphash.String(seed, s) }
+
+// mix is a non-allocating hash for integer keys (splitmix64 finaliser).
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+func at(d time.Duration) time.Time { return t0.Add(d) }
+
+// step is one Reserve and what it must return.
+type step struct {
+	at         time.Duration // after t0
+	ok         bool
+	retryAfter time.Duration
+	tokens     float64 // in the bucket at the same time, after the Reserve
+}
+
+func runSteps[K comparable](t *testing.T, tb *Table[K], k K, limit rate.Limit, burst int, steps []step) {
+	t.Helper()
+	for i, s := range steps {
+		_, r := tb.Reserve(k, at(s.at), limit, burst)
+		if r.OK != s.ok || r.RetryAfter != s.retryAfter || r.Full {
+			t.Fatalf("step %d at t0+%v: got %+v, want {OK:%v Full:false RetryAfter:%v}", i, s.at, r, s.ok, s.retryAfter)
+		}
+		if got, _ := tb.Tokens(k, at(s.at)); math.Abs(got-s.tokens) > 1e-9 {
+			t.Fatalf("step %d at t0+%v: %v tokens, want %v", i, s.at, got, s.tokens)
+		}
+	}
+}
+
+func TestReserveArithmetic(t *testing.T) {
+	ms := time.Millisecond
+	tests := []struct {
+		name  string
+		limit rate.Limit
+		burst int
+		steps []step
+	}{
+		{"burst 3 rate 1/s", 1, 3, []step{
+			{0, true, 0, 2},
+			{0, true, 0, 1},
+			{0, true, 0, 0},
+			{0, false, time.Second, 0},
+			{500 * ms, false, 500 * ms, 0.5},
+			{1000 * ms, true, 0, 0},
+			{1000 * ms, false, time.Second, 0},
+			{3000 * ms, true, 0, 1},
+			{10_000 * ms, true, 0, 2}, // refilled to 3, capped at burst
+		}},
+		{"burst 1 rate 4/s", 4, 1, []step{
+			{0, true, 0, 0},
+			{0, false, 250 * ms, 0},
+			{125 * ms, false, 125 * ms, 0.5},
+			{250 * ms, true, 0, 0},
+		}},
+		{"rate 1/m", rate.Every(time.Minute), 2, []step{
+			{0, true, 0, 1},
+			{0, true, 0, 0},
+			{0, false, time.Minute, 0},
+			{30 * time.Second, false, 30 * time.Second, 0.5},
+			{time.Minute, true, 0, 0},
+		}},
+		{"limit 0: the burst, then never", 0, 2, []step{
+			{0, true, 0, 1},
+			{0, true, 0, 0},
+			{time.Hour, false, rate.InfDuration, 0},
+		}},
+		{"limit Inf: always", rate.Inf, 1, []step{
+			{0, true, 0, 1},
+			{0, true, 0, 1},
+			{0, true, 0, 1},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tb := New(Options{}, hashString)
+			runSteps(t, tb, "k", tc.limit, tc.burst, tc.steps)
+		})
+	}
+}
+
+// TestDeniedReserveSpendsNothing guards all-or-nothing admission: a refused
+// handshake must not push the bucket's next token further away.
+func TestDeniedReserveSpendsNothing(t *testing.T) {
+	tb := New(Options{}, hashString)
+	ms := time.Millisecond
+	runSteps(t, tb, "k", 1, 1, []step{
+		{0, true, 0, 0},
+		{250 * ms, false, 750 * ms, 0.25},
+		{500 * ms, false, 500 * ms, 0.5},
+		{500 * ms, false, 500 * ms, 0.5},
+		{750 * ms, false, 250 * ms, 0.75},
+		{1000 * ms, true, 0, 0}, // on time, as if no refusal had happened
+	})
+}
+
+func TestBurstBelowOne(t *testing.T) {
+	tb := New(Options{}, hashString)
+	res, r := tb.Reserve("k", t0, 10, 0)
+	if r.OK || r.Full || r.RetryAfter != rate.InfDuration {
+		t.Fatalf("burst 0: got %+v, want refusal with RetryAfter InfDuration", r)
+	}
+	res.Cancel(t0)
+	if n := tb.Len(); n != 0 {
+		t.Fatalf("refused new key left %d buckets, want 0", n)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	tb := New(Options{}, hashString)
+	res1, _ := tb.Reserve("k", t0, 1, 2)
+	res2, _ := tb.Reserve("k", t0, 1, 2)
+	if got, _ := tb.Tokens("k", t0); got != 0 {
+		t.Fatalf("after two Reserves: %v tokens, want 0", got)
+	}
+	res2.Cancel(t0)
+	if got, _ := tb.Tokens("k", t0); got != 1 {
+		t.Fatalf("after Cancel: %v tokens, want 1", got)
+	}
+	if _, r := tb.Reserve("k", t0, 1, 2); !r.OK {
+		t.Fatalf("Reserve after Cancel: %+v, want OK", r)
+	}
+	// At a later time the token counts as used: Cancel restores nothing.
+	res1.Cancel(at(time.Millisecond))
+	if got, _ := tb.Tokens("k", at(time.Millisecond)); math.Abs(got-0.001) > 1e-9 {
+		t.Fatalf("after late Cancel: %v tokens, want 0.001", got)
+	}
+	// The zero Reservation is a no-op.
+	Reservation{}.Cancel(t0)
+}
+
+// TestCancelEarlierTime checks Cancel at the caller's own time when the
+// shard clock had moved that Reserve to a later time: the token comes back,
+// and the bucket's clock does not go back (which would refill it twice).
+func TestCancelEarlierTime(t *testing.T) {
+	tb := New(Options{MaxKeys: 64}, hashString) // one shard
+	tb.Reserve("other", at(time.Second), 1, 1)  // moves the shard clock
+	tb.Reserve("k", t0, 1, 2)
+	res, r := tb.Reserve("k", t0, 1, 2)
+	if !r.OK {
+		t.Fatalf("Reserve: %+v, want OK", r)
+	}
+	res.Cancel(t0)
+	if got, _ := tb.Tokens("k", at(time.Second)); got != 1 {
+		t.Fatalf("after Cancel: %v tokens at t0+1s, want 1", got)
+	}
+}
+
+// TestTimeGoesBack guards against x/time/rate counting a refill twice when
+// a call with an earlier time runs after one with a later time.
+func TestTimeGoesBack(t *testing.T) {
+	tb := New(Options{}, hashString)
+	ms := time.Millisecond
+	runSteps(t, tb, "k", 1, 1, []step{
+		{1000 * ms, true, 0, 0},
+		{500 * ms, false, 1500 * ms, 0},   // taken as t0+1s; RetryAfter from t0+0.5s
+		{1500 * ms, false, 500 * ms, 0.5}, // not 1: the half second before is not counted again
+		{2000 * ms, true, 0, 0},
+	})
+}
+
+func TestParameterUpdate(t *testing.T) {
+	ms := time.Millisecond
+	t.Run("limit and burst raised", func(t *testing.T) {
+		tb := New(Options{}, hashString)
+		runSteps(t, tb, "k", 1, 3, []step{{0, true, 0, 2}, {0, true, 0, 1}, {0, true, 0, 0}})
+		// One second at the old rate gives one token; from then on the new
+		// rate applies. The raised burst is not filled at once.
+		runSteps(t, tb, "k", 10, 5, []step{
+			{1000 * ms, true, 0, 0},
+			{1000 * ms, false, 100 * ms, 0},
+			{1100 * ms, true, 0, 0},
+			{10_000 * ms, true, 0, 4},
+		})
+	})
+	t.Run("burst lowered", func(t *testing.T) {
+		tb := New(Options{}, hashString)
+		runSteps(t, tb, "k", 1, 10, []step{{0, true, 0, 9}})
+		runSteps(t, tb, "k", 1, 2, []step{{0, true, 0, 1}, {0, true, 0, 0}, {0, false, time.Second, 0}})
+	})
+	t.Run("limit lowered", func(t *testing.T) {
+		tb := New(Options{}, hashString)
+		runSteps(t, tb, "k", 10, 1, []step{{0, true, 0, 0}})
+		runSteps(t, tb, "k", 1, 1, []step{{0, false, time.Second, 0}, {500 * ms, false, 500 * ms, 0.5}})
+	})
+}
+
+func TestFullTable(t *testing.T) {
+	const limit, burst = 1, 2
+	reserve := func(t *testing.T, tb *Table[string], k string, d time.Duration) Result {
+		t.Helper()
+		_, r := tb.Reserve(k, at(d), limit, burst)
+		return r
+	}
+	t.Run("refilled bucket dropped first", func(t *testing.T) {
+		tb := New(Options{MaxKeys: 1}, hashString)
+		reserve(t, tb, "a", 0)
+		if r := reserve(t, tb, "b", 1*time.Second); !r.OK {
+			t.Fatalf("b: %+v, want OK", r)
+		}
+		if _, ok := tb.Tokens("a", at(time.Second)); ok {
+			t.Fatal("a still has a bucket")
+		}
+		if n := tb.Evictions(); n != 0 {
+			t.Fatalf("Evictions = %d, want 0 (a had refilled)", n)
+		}
+		if r := reserve(t, tb, "c", 1*time.Second); !r.OK {
+			t.Fatalf("c: %+v, want OK", r)
+		}
+		if n := tb.Evictions(); n != 1 {
+			t.Fatalf("Evictions = %d, want 1 (b had not refilled)", n)
+		}
+		if n := tb.Len(); n != 1 {
+			t.Fatalf("Len = %d, want 1", n)
+		}
+	})
+	t.Run("refuse mode", func(t *testing.T) {
+		tb := New(Options{MaxKeys: 1, RefuseWhenFull: true}, hashString)
+		reserve(t, tb, "a", 0)
+		if r := reserve(t, tb, "b", 0); r.OK || !r.Full {
+			t.Fatalf("b: %+v, want Full", r)
+		}
+		if r := reserve(t, tb, "a", 0); !r.OK {
+			t.Fatalf("a (existing) in a full table: %+v, want OK", r)
+		}
+		if r := reserve(t, tb, "a", 0); r.OK || r.Full || r.RetryAfter != time.Second {
+			t.Fatalf("a (existing, no token): %+v, want refusal with RetryAfter 1s", r)
+		}
+		if r := reserve(t, tb, "b", 1500*time.Millisecond); !r.Full {
+			t.Fatalf("b at t0+1.5s: %+v, want Full (a has not refilled)", r)
+		}
+		if r := reserve(t, tb, "b", 2*time.Second); !r.OK {
+			t.Fatalf("b at t0+2s: %+v, want OK (a has refilled)", r)
+		}
+		if n := tb.Evictions(); n != 0 {
+			t.Fatalf("Evictions = %d, want 0", n)
+		}
+	})
+}
+
+// TestKeyFlood guards bounded memory: a flood of distinct keys never grows
+// the table past MaxKeys, in either mode, nor the heap once the table is
+// full; and refuse mode keeps serving the keys it holds.
+func TestKeyFlood(t *testing.T) {
+	const (
+		maxKeys = 10_000
+		flood   = 1_000_000
+	)
+	// The flood churns through a million short-lived buckets; collecting
+	// less often keeps the test fast under the race detector.
+	old := debug.SetGCPercent(800)
+	t.Cleanup(func() { debug.SetGCPercent(old) }) // after the parallel subtests
+	for _, refuse := range []bool{false, true} {
+		t.Run(fmt.Sprintf("refuse=%v", refuse), func(t *testing.T) {
+			t.Parallel()
+			tb := New(Options{MaxKeys: maxKeys, RefuseWhenFull: refuse}, mix)
+			full := 0
+			var heapFull uint64
+			for i := range uint64(flood) {
+				_, r := tb.Reserve(i, t0, 1, 5)
+				if r.Full {
+					full++
+				}
+				if i%10_000 == 0 {
+					if n := tb.Len(); n > maxKeys {
+						t.Fatalf("after %d keys: Len = %d > MaxKeys %d", i+1, n, maxKeys)
+					}
+				}
+				if i == 2*maxKeys && !refuse {
+					heapFull = heapAlloc()
+				}
+			}
+			if n := tb.Len(); n != maxKeys {
+				t.Fatalf("Len = %d, want %d (full)", n, maxKeys)
+			}
+			if refuse {
+				if full != flood-maxKeys || tb.Evictions() != 0 {
+					t.Fatalf("%d refused, %d evictions; want %d, 0", full, tb.Evictions(), flood-maxKeys)
+				}
+				if _, r := tb.Reserve(0, t0, 1, 5); !r.OK {
+					t.Fatalf("first key after the flood: %+v, want OK", r)
+				}
+				return
+			}
+			if full != 0 || tb.Evictions() != flood-maxKeys {
+				t.Fatalf("%d refused, %d evictions; want 0, %d", full, tb.Evictions(), flood-maxKeys)
+			}
+			// Deleted map entries and dropped buckets must not accumulate.
+			// (The whole test binary's heap is measured, hence the slack.)
+			if h := heapAlloc(); h > heapFull+heapFull/2 {
+				t.Fatalf("heap grew from %d bytes (table full) to %d after the flood", heapFull, h)
+			}
+			runtime.KeepAlive(tb)
+		})
+	}
+}
+
+func heapAlloc() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// TestExactBurstConcurrent races reservers on one key at one instant:
+// exactly burst of them may win, and cancels give exactly their tokens back.
+func TestExactBurstConcurrent(t *testing.T) {
+	const burst, workers = 50, 200
+	tb := New(Options{}, hashString)
+	var won atomic.Int64
+	var start, wg sync.WaitGroup
+	start.Add(1)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start.Wait()
+			if _, r := tb.Reserve("k", t0, 1, burst); r.OK {
+				won.Add(1)
+			}
+		}()
+	}
+	start.Done()
+	wg.Wait()
+	if got := won.Load(); got != burst {
+		t.Fatalf("%d Reserves succeeded, want %d", got, burst)
+	}
+
+	// Reserve and cancel concurrently: every cancelled token comes back
+	// (all at one instant, so nothing is lost to later reservations).
+	tb = New(Options{}, hashString)
+	won.Store(0)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, r := tb.Reserve("k", t0, 1, burst)
+			if r.OK {
+				res.Cancel(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	if got, _ := tb.Tokens("k", t0); got > burst {
+		t.Fatalf("after reserve+cancel: %v tokens, more than burst %d", got, burst)
+	}
+}
+
+func TestResize(t *testing.T) {
+	tests := []struct {
+		name      string
+		from, to  int
+		wantShard int
+	}{
+		{"shrink, same shards", 10_000, 5_000, 64},
+		{"shrink, fewer shards", 10_000, 100, 1},
+		{"grow, more shards", 100, 10_000, 64},
+		{"default", 100, 0, 64},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tb := New(Options{MaxKeys: tc.from}, mix)
+			for i := range uint64(tc.from) {
+				tb.Reserve(i, t0, 1, 2)
+			}
+			// The most recent key has spent a token: its state must survive.
+			last := uint64(tc.from - 1)
+			tb.Reserve(last, t0, 1, 2)
+			tb.Resize(tc.to)
+			set := tb.set.Load()
+			if got := len(set.shards); got != tc.wantShard {
+				t.Errorf("%d shards, want %d", got, tc.wantShard)
+			}
+			want := min(tc.from, orDefault(tc.to))
+			if n := tb.Len(); n != want {
+				t.Fatalf("Len = %d, want %d", n, want)
+			}
+			if got, want := tb.Evictions(), uint64(tc.from-want); got != want {
+				t.Fatalf("Evictions = %d, want %d", got, want)
+			}
+			if got, ok := tb.Tokens(last, t0); !ok || got != 0 {
+				t.Fatalf("Tokens(most recent key) = %v, %v; want 0, true", got, ok)
+			}
+			for i := range uint64(2 * orDefault(tc.to)) {
+				tb.Reserve(1<<32+i, t0, 1, 2)
+			}
+			if n := tb.Len(); n != orDefault(tc.to) {
+				t.Fatalf("after refilling: Len = %d, want %d", n, orDefault(tc.to))
+			}
+		})
+	}
+}
+
+// TestResizeConcurrent resizes back and forth across shard counts while
+// reservers run; a key's bucket must never be duplicated or lost track of.
+func TestResizeConcurrent(t *testing.T) {
+	const burst, workers, rounds = 1000, 4, 1000
+	tb := New(Options{MaxKeys: 10_000}, mix)
+	stop := make(chan struct{})
+	resized := make(chan int)
+	go func() {
+		i := 0
+		for {
+			select {
+			case <-stop:
+				resized <- i
+				return
+			default:
+			}
+			tb.Resize([]int{10_000, 100, 5_000, 64}[i%4])
+			if n := tb.Len(); n > 10_000 {
+				t.Errorf("Len = %d", n)
+			}
+			i++
+		}
+	}()
+	var won atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				// Key 0 is reserved by everyone at t0 and must grant exactly
+				// burst tokens however the shards change.
+				if _, r := tb.Reserve(0, t0, 1e-9, burst); r.OK {
+					won.Add(1)
+				}
+				tb.Reserve(uint64(w+1), t0, 1, 5)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	t.Logf("%d resizes", <-resized)
+	if got := won.Load(); got != burst {
+		t.Fatalf("%d tokens granted from key 0, want %d", got, burst)
+	}
+}
+
+func TestShardCapacity(t *testing.T) {
+	for _, maxKeys := range []int{1, 2, 63, 64, 127, 128, 129, 1000, 4095, 4096, 8192, 10_000, 100_000, 1_000_003} {
+		n := shardCount(maxKeys)
+		if n&(n-1) != 0 || n > maxShards || n > 1 && maxKeys/n < minShardKeys {
+			t.Errorf("shardCount(%d) = %d", maxKeys, n)
+		}
+		sum := 0
+		for i := range n {
+			c := shardCapacity(maxKeys, n, i)
+			if c < 1 {
+				t.Errorf("maxKeys %d: shard %d has capacity %d", maxKeys, i, c)
+			}
+			sum += c
+		}
+		if sum != maxKeys {
+			t.Errorf("maxKeys %d: capacities add up to %d", maxKeys, sum)
+		}
+	}
+}
+
+// key mirrors the layout of the module's keys.Key (which this package must
+// not import), so that memory figures match what policy stores.
+type key struct {
+	kind   uint8
+	prefix netip.Prefix
+	str    string
+}
+
+func (k key) hash() uint64 {
+	var h maphash.Hash
+	h.SetSeed(seed)
+	var buf [18]byte
+	buf[0] = k.kind
+	a := k.prefix.Addr().As16()
+	copy(buf[1:17], a[:])
+	buf[17] = byte(k.prefix.Bits())
+	h.Write(buf[:])
+	h.WriteString(k.str)
+	return h.Sum64()
+}
+
+func hashKey(k key) uint64 { return k.hash() }
+
+// ipKeys returns n distinct IPv4 keys.
+func ipKeys(n int) []key {
+	ks := make([]key, n)
+	for i := range ks {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		ks[i] = key{kind: 1, prefix: netip.PrefixFrom(a, 32)}
+	}
+	return ks
+}
+
+const poolSize = 100_000
+
+// order returns n pseudo-random indexes into a pool of poolSize keys. The
+// keys are drawn independently, not in rounds: in rounds (each key once
+// per round), a shard holding a few more keys than its share of MaxKeys
+// would be LRU's worst case and miss every time.
+func order(n int) []int32 {
+	idx := make([]int32, n)
+	x := uint64(1)
+	for i := range idx {
+		x = mix(x + 0x9e3779b97f4a7c15)
+		idx[i] = int32(x % poolSize)
+	}
+	return idx
+}
+
+// BenchmarkReserve measures the hit path: every key of a pool of 100,000
+// has a bucket with tokens to spare. With MaxKeys 100,000 about 1% of the
+// keys do not fit their shard's share (see doc.go), and those Reserves
+// create a bucket; "roomy" has MaxKeys 200,000, so that every Reserve hits.
+func BenchmarkReserve(b *testing.B) {
+	pool := ipKeys(poolSize)
+	idx := order(1 << 20)
+	const mask = 1<<20 - 1
+	for _, tc := range []struct {
+		name    string
+		maxKeys int
+	}{{"", poolSize}, {"roomy/", 2 * poolSize}} {
+		tb := New(Options{MaxKeys: tc.maxKeys}, hashKey)
+		for _, k := range pool {
+			tb.Reserve(k, t0, 1, math.MaxInt32)
+		}
+		b.Run(tc.name+"serial", func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				tb.Reserve(pool[idx[i&mask]], t0, 1, math.MaxInt32)
+				i++
+			}
+		})
+		b.Run(tc.name+"parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			var next atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(next.Add(7919))
+				for pb.Next() {
+					tb.Reserve(pool[idx[i&mask]], t0, 1, math.MaxInt32)
+					i++
+				}
+			})
+		})
+		b.Run(tc.name+"cancel/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				res, _ := tb.Reserve(pool[idx[i&mask]], t0, 1, math.MaxInt32)
+				res.Cancel(t0)
+				i++
+			}
+		})
+		b.Run(tc.name+"cancel/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			var next atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(next.Add(7919))
+				for pb.Next() {
+					res, _ := tb.Reserve(pool[idx[i&mask]], t0, 1, math.MaxInt32)
+					res.Cancel(t0)
+					i++
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkReserveHot is the hit path over 1,000 keys, whose buckets stay
+// in the CPU caches: the cost of the code, not of memory latency.
+func BenchmarkReserveHot(b *testing.B) {
+	const hot = 1000
+	pool := ipKeys(hot)
+	tb := New(Options{MaxKeys: poolSize}, hashKey)
+	for _, k := range pool {
+		tb.Reserve(k, t0, 1, math.MaxInt32)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		tb.Reserve(pool[i%hot], t0, 1, math.MaxInt32)
+		i++
+	}
+}
+
+// BenchmarkReserveDenied measures a refusal: reserve, read the delay,
+// cancel.
+func BenchmarkReserveDenied(b *testing.B) {
+	pool := ipKeys(poolSize)
+	tb := New(Options{MaxKeys: 2 * poolSize}, hashKey)
+	for _, k := range pool {
+		tb.Reserve(k, t0, 1, 1)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, r := tb.Reserve(pool[i%poolSize], t0, 1, 1); r.OK {
+			b.Fatal("granted")
+		}
+		i++
+	}
+}
+
+// BenchmarkReserveMiss measures new keys arriving at a full table: each
+// Reserve creates a bucket and evicts one (evict mode), drops a refilled
+// one, or is refused (refuse mode).
+func BenchmarkReserveMiss(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		refuse bool
+		step   time.Duration // time between Reserves
+	}{
+		{"evict", false, 0},
+		{"refilled", false, time.Second},
+		{"refuse", true, 0},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			tb := New(Options{MaxKeys: poolSize, RefuseWhenFull: tc.refuse}, mix)
+			for i := range uint64(poolSize) {
+				tb.Reserve(i, t0, 1, 1)
+			}
+			b.ReportAllocs()
+			now := t0
+			i := uint64(poolSize)
+			for b.Loop() {
+				now = now.Add(tc.step)
+				tb.Reserve(i, now, 1, 1)
+				i++
+			}
+		})
+	}
+}
+
+// BenchmarkMemoryPerKey reports the heap held per bucket after a million
+// keys went into a table of MaxKeys 1,000,000 (about 1% of them do not fit
+// their shard's share; the figure is per bucket held).
+func BenchmarkMemoryPerKey(b *testing.B) {
+	const n = 1_000_000
+	pool := ipKeys(n)
+	var perKey float64
+	for b.Loop() {
+		before := heapAlloc()
+		tb := New(Options{MaxKeys: n}, hashKey)
+		for _, k := range pool {
+			tb.Reserve(k, t0, 1, 5)
+		}
+		after := heapAlloc()
+		perKey = float64(after-before) / float64(tb.Len())
+		runtime.KeepAlive(tb)
+	}
+	b.ReportMetric(perKey, "B/key")
+}
