@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"fmt"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
@@ -84,9 +85,9 @@ func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 	return t
 }
 
-// Admit grants every claim or none: connection slots first (exact), then
-// tokens; any refusal releases the slots and cancels the tokens taken so
-// far. A cancelled token may be restored only partly under contention,
+// Admit grants every claim or none, claim by claim: the connection slot
+// (exact), then the token; any refusal releases the slots and cancels the
+// tokens taken so far. A cancelled token may be restored only partly under contention,
 // which errs toward admitting fewer.
 func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (Lease, Verdict, error) {
 	var (
@@ -94,7 +95,7 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 		res  [MaxRules]buckets.Reservation
 	)
 	if len(claims) > MaxRules {
-		claims = claims[:MaxRules]
+		return Lease{}, Verdict{}, fmt.Errorf("policy: %d claims, at most %d", len(claims), MaxRules)
 	}
 	for i := range claims {
 		c := &claims[i]

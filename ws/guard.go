@@ -224,8 +224,14 @@ type rejectBody struct {
 	RetryAfter int    `json:"retry_after,omitempty"`
 }
 
-// RetryAfterSeconds rounds d up to whole seconds, at least 1.
+// maxRetryAfter caps Retry-After (a bucket that never refills reports an
+// infinite delay).
+const maxRetryAfter = 24 * time.Hour
+
+// RetryAfterSeconds rounds d up to whole seconds, at least 1 and at most a
+// day.
 func RetryAfterSeconds(d time.Duration) int {
+	d = min(d, maxRetryAfter)
 	s := int((d + time.Second - 1) / time.Second)
 	return max(s, 1)
 }
