@@ -357,9 +357,9 @@ func TestReleaseOnCloseAndDoubleClose(t *testing.T) {
 	ts := newTestServer(t, capDoc(2), func(c *Conn) {
 		_, _, _ = c.ReadMessage()
 		c.Close()
-		c.Close()                // double Close
-		c.NetConn().Close()      // and the network connection
-		c.Decision().Release()   // and an explicit release
+		c.Close()              // double Close
+		c.NetConn().Close()    // and the network connection
+		c.Decision().Release() // and an explicit release
 		close(closed)
 	})
 	a, _, err := ts.dial(t, nil)
