@@ -81,7 +81,10 @@ type Guard struct {
 	log     *slog.Logger
 	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
 	closing chan struct{}
-	wg      sync.WaitGroup
+
+	mu     sync.Mutex // orders wg.Add before Close's wg.Wait
+	closed bool
+	wg     sync.WaitGroup
 }
 
 // New returns a Guard enforcing p.
@@ -113,6 +116,9 @@ func (g *Guard) SetPolicy(p *policy.Policy) { g.lim.SetPolicy(p) }
 // limiter's store if the guard created it. Live connections keep their
 // slots until they close.
 func (g *Guard) Close() error {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 	g.wg.Wait()
 	return g.lim.Close()
 }
@@ -292,9 +298,19 @@ func CloseReason(d *policy.Decision) string {
 // 1013 (or 1008 for a missing identity) and a reason. The caller holds a
 // token of g.closing, which is returned when the connection is gone.
 func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.Decision, h http.Header) {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		<-g.closing
+		g.writeStatus(w, r, d)
+		return
+	}
+	g.wg.Add(1)
+	g.mu.Unlock()
 	c, err := g.up.Upgrade(w, r, h)
 	if err != nil {
 		<-g.closing
+		g.wg.Done()
 		return
 	}
 	code := CloseTryAgainLater
@@ -303,7 +319,6 @@ func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.De
 	}
 	deadline := time.Now().Add(closeLinger)
 	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, CloseReason(d)), deadline)
-	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
 		defer func() { <-g.closing }()
