@@ -116,6 +116,20 @@ type RedisConfig struct {
 	// OnError is "local" (default: fall back to in-memory limits),
 	// "allow" or "deny".
 	OnError string `yaml:"on_error"`
+	// RefreshInterval is how often an instance renews the leases of its
+	// live connections (default LeaseTTL/3; must be below LeaseTTL).
+	RefreshInterval time.Duration `yaml:"refresh_interval"`
+	// BreakerFailures is how many consecutive failed calls open the
+	// circuit breaker, which then applies on_error without calling Redis
+	// (default 3).
+	BreakerFailures int `yaml:"breaker_failures"`
+	// BreakerCooldown is how long the open breaker waits before one probe
+	// call tries Redis again (default 1s).
+	BreakerCooldown time.Duration `yaml:"breaker_cooldown"`
+	// SentinelUsernameEnv and SentinelPasswordEnv name environment
+	// variables holding the Sentinels' own credentials, when they have any.
+	SentinelUsernameEnv string `yaml:"sentinel_username_env"`
+	SentinelPasswordEnv string `yaml:"sentinel_password_env"`
 }
 
 // RejectConfig says how a refused handshake is answered.

@@ -1,0 +1,68 @@
+// Package redisstore is a policy.Store that keeps connection caps and
+// handshake token buckets in Redis, so that every instance of a server
+// enforces one global limit.
+//
+// # Overview
+//
+// Build a Store with FromConfig from a policy's state.redis section, or
+// with New from a go-redis UniversalClient (single node, Sentinel, or
+// Cluster with a hash tag in the prefix):
+//
+//	mem := policy.NewMemoryStore() // the on_error local fallback
+//	s, err := redisstore.FromConfig(ctx, cfg.State.Redis, mem, logger)
+//	if err != nil { ... }
+//	defer s.Close()
+//
+// Admit evaluates all claims of a handshake in one Lua script, one network
+// round trip whatever the number of rules: it checks every claim first and
+// commits only when all pass, so a refusal holds no slot and spends no
+// token, and because Redis runs scripts atomically the caps are exact
+// across instances. Release removes the lease's slots in one round trip.
+//
+// A connection slot is a lease: a member "<instance>:<lease id>" of a
+// sorted set per rule and key, scored by its expiry. The Store refreshes
+// all its live leases every RefreshInterval in one pipelined round trip;
+// the leases of an instance that crashed stop being refreshed and expire
+// after LeaseTTL, giving their slots back. A token bucket is a hash per
+// rule and key holding its tokens and last refill time. All times come from
+// the Redis server clock (TIME), so clock skew between instances cannot
+// mint tokens; the now passed to Admit is used only by the fallback store.
+// Keys expire when idle: a bucket once it has refilled, a lease set when its
+// last lease would expire.
+//
+// Keys are <prefix><rule>:{<key>}:c for leases and <prefix><rule>:{<key>}:b
+// for buckets, where <key> is keys.Key.String. Keys are namespaced by rule
+// name, so a policy reload that keeps a rule keeps its counts.
+//
+// # Failure
+//
+// Every call to Redis is bounded by Options.Timeout (a refresh by
+// max(Timeout, RefreshInterval/2)). When Redis errs, times out or is
+// unreachable, Admit applies Options.OnError itself and returns no error:
+// FailAllow admits, FailDeny refuses with policy.ReasonStoreError, and
+// FailLocal asks the Fallback store, an in-memory store with the same
+// policy. After BreakerFailures consecutive failures a circuit breaker
+// opens: for BreakerCooldown calls skip Redis and get OnError at once, so a
+// dead Redis does not cost every handshake its timeout; then one probe call
+// tries Redis, and its success closes the breaker.
+//
+// Connections admitted by OnError while Redis was unreachable are still
+// tracked: when Redis answers again the refresher adds them to their lease
+// sets if the caps have room, so they count from then on. Releases that
+// could not reach Redis are kept (up to 65536) and sent with the next
+// refresh; whatever is lost expires by TTL anyway. An admission that timed
+// out may still have run in Redis: its member is released the same way.
+//
+// Admit returns an error only when its context ends before Redis answers,
+// when the Fallback store fails, or after Close (ErrClosed). Stats exposes
+// the failure counters and the breaker state for metrics.
+//
+// # Concurrency
+//
+// A Store is safe for concurrent use by any number of goroutines. Each
+// Store runs one background goroutine, the lease refresher, which Close
+// stops. Close does not release live leases (their connections may still be
+// open); like a crash, it leaves them to expire after LeaseTTL. Several
+// Stores may share one Redis and prefix: that is the point. Lease members
+// stay distinct because every Store adds a random part to its InstanceID.
+package redisstore
