@@ -182,6 +182,10 @@ func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
 		d.refuse(p, "", ReasonStoreError, 0, keys.Key{})
 		return d
 	}
+	if !v.OK && v.Reason == ReasonStoreError {
+		d.refuse(p, "", ReasonStoreError, v.RetryAfter, keys.Key{})
+		return d
+	}
 	if !v.OK {
 		ra := v.RetryAfter
 		if v.Reason == ReasonConnections {

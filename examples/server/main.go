@@ -23,6 +23,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/redisstore"
 	"github.com/wslimit/wslimit/ws"
 )
 
@@ -56,7 +57,13 @@ func run(addr, policyFile string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	store, err := newStore(p, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
 	g, err := ws.New(p, ws.Options{
+		Store:    store,
 		Logger:   log,
 		Upgrader: websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
 	})
@@ -82,6 +89,23 @@ func run(addr, policyFile string, log *slog.Logger) error {
 		return err
 	}
 	return nil
+}
+
+// newStore returns the store the policy asks for: in memory, or Redis with
+// an in-memory fallback for on_error: local.
+func newStore(p *policy.Policy, log *slog.Logger) (policy.Store, error) {
+	cfg := p.Config().State
+	if cfg.Store != "redis" {
+		return policy.NewMemoryStore(), nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := redisstore.FromConfig(ctx, cfg.Redis, policy.NewMemoryStore(), log)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("wslimit state in redis", "addrs", cfg.Redis.Addrs, "prefix", cfg.Redis.Prefix)
+	return st, nil
 }
 
 // newMux serves the demo page on / and the guarded echo endpoint on /ws.
