@@ -21,6 +21,20 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives store errors; nil means no logging.
 	Logger *slog.Logger
+	// Observer, when set, is told of every decision and every release
+	// (metrics); nil means none.
+	Observer Observer
+}
+
+// Observer is told of every decision and release, outside any lock. It
+// must be fast and safe for concurrent use. Decision keys are for logs:
+// an Observer that exports metrics must never use them as labels.
+type Observer interface {
+	// Decided reports a decision and how long the evaluation took.
+	Decided(d *Decision, took time.Duration)
+	// Released reports that an admitted decision released its slots
+	// (exactly once per admitted decision that held slots).
+	Released(d *Decision)
 }
 
 // Limiter evaluates a policy's rules for each handshake against a Store.
@@ -32,11 +46,12 @@ type Limiter struct {
 	ownsStore bool
 	now       func() time.Time
 	log       *slog.Logger
+	obs       Observer
 }
 
 // NewLimiter returns a Limiter enforcing p.
 func NewLimiter(p *Policy, opts Options) *Limiter {
-	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger}
+	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger, obs: opts.Observer}
 	if l.store == nil {
 		l.store = NewMemoryStore()
 		l.ownsStore = true
@@ -131,13 +146,36 @@ func (d *Decision) Release() bool {
 	if err := d.l.store.Release(ctx, d.lease, d.claims); err != nil && d.l.log != nil {
 		d.l.log.LogAttrs(ctx, slog.LevelWarn, "wslimit: release failed", slog.String("error", err.Error()))
 	}
+	if d.l.obs != nil {
+		d.l.obs.Released(d)
+	}
 	return true
+}
+
+// Claims returns the claims an admitted decision holds (rule names, keys,
+// limits); nil for a refused or exempt decision. Callers must not modify
+// the slice.
+func (d *Decision) Claims() []Claim {
+	if !d.held {
+		return nil
+	}
+	return d.claims
 }
 
 // Admit evaluates every rule of the policy for r at once. All or nothing:
 // a refused handshake holds no slot and has spent no token. Being refused
 // is a result (Decision.Allowed false), not an error.
 func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
+	if l.obs == nil {
+		return l.admit(ctx, r)
+	}
+	start := time.Now()
+	d := l.admit(ctx, r)
+	l.obs.Decided(d, time.Since(start))
+	return d
+}
+
+func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	p := l.policy.Load()
 	d := &Decision{l: l, Allowed: true}
 	ip, ipErr := p.clientIP.Resolve(r)

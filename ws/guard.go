@@ -65,6 +65,8 @@ type Options struct {
 	Now func() time.Time
 	// Logger, when set, receives one line per rejection.
 	Logger *slog.Logger
+	// Observer, when set, is told of every decision and release (metrics).
+	Observer policy.Observer
 	// Reject, when set, replaces the default rejection response in status
 	// mode. It must write a response.
 	Reject func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
@@ -97,7 +99,7 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 		n = DefaultMaxClosing
 	}
 	g := &Guard{
-		lim:     policy.NewLimiter(p, policy.Options{Store: opts.Store, Now: opts.Now, Logger: opts.Logger}),
+		lim:     policy.NewLimiter(p, policy.Options{Store: opts.Store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
 		up:      opts.Upgrader,
 		log:     opts.Logger,
 		reject:  opts.Reject,
