@@ -2,6 +2,8 @@ package policy
 
 import (
 	"time"
+
+	"github.com/wslimit/wslimit/keys/identity"
 )
 
 // Config is a policy as written: the YAML file decodes into it, and Go
@@ -45,13 +47,24 @@ type IdentityConfig struct {
 	Session *SessionConfig `yaml:"session"`
 }
 
-// JWTConfig is a placeholder until identity lands.
-type JWTConfig struct{}
+// JWTConfig configures bearer-token verification; see identity.JWTConfig
+// for every field (from, algorithms, key_file, secret_env, secret_file,
+// issuer, audience, leeway, claim, cache_size, max_token_bytes).
+type JWTConfig = identity.JWTConfig
 
-// SessionConfig names the session cookie.
+// SessionConfig configures the session-cookie key.
 type SessionConfig struct {
-	// Cookie is the session cookie's name.
+	// Cookie is the session cookie's name (the default of cookie keys).
 	Cookie string `yaml:"cookie"`
+	// HMACSecretEnv names an environment variable holding a secret with
+	// which session cookies are verified (identity.HMACCookieVerifier:
+	// "<id>.<base64url HMAC-SHA256(id)>"); the verified id becomes the key.
+	HMACSecretEnv string `yaml:"hmac_secret_env"`
+	// Verify, when set (Go only), verifies a cookie value and returns the
+	// id to count by. It takes precedence over HMACSecretEnv. Without any
+	// verification a session cookie is attacker-mintable: combine such a
+	// rule with an ip or subnet rule.
+	Verify func(value string) (id string, ok bool) `yaml:"-"`
 }
 
 // RuleConfig is one rule as written.
@@ -77,6 +90,27 @@ type RuleConfig struct {
 	OnMissing string `yaml:"on_missing"`
 	// MaxKeys overrides state.max_keys for this rule's buckets.
 	MaxKeys int `yaml:"max_keys"`
+	// Tiers choose other limits by the value of a verified JWT claim.
+	Tiers *TiersConfig `yaml:"tiers"`
+}
+
+// TiersConfig chooses a rule's limits by the value of a verified claim.
+type TiersConfig struct {
+	// Claim is the JWT claim whose string value selects the tier.
+	Claim string `yaml:"claim"`
+	// Values maps a claim value to the limits of its tier; a request whose
+	// claim is absent or has another value gets the rule's own limits.
+	Values map[string]TierConfig `yaml:"values"`
+}
+
+// TierConfig is one tier's limits; a field left at zero keeps the rule's.
+type TierConfig struct {
+	// Connections caps open connections per key in this tier.
+	Connections int `yaml:"connections"`
+	// Rate is the handshake rate in this tier.
+	Rate string `yaml:"rate"`
+	// Burst is the bucket size in this tier.
+	Burst int `yaml:"burst"`
 }
 
 // StateConfig configures where limiting state lives.

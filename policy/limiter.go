@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wslimit/wslimit/keys"
+	"github.com/wslimit/wslimit/keys/identity"
 )
 
 // Options configure a Limiter. The zero value is usable: in-memory state,
@@ -107,6 +109,13 @@ type Decision struct {
 	// Key is the refusing rule's key, for logs. Never use it as a metric
 	// label.
 	Key keys.Key
+	// InvalidToken is true when the request carried a token that failed
+	// verification; it was treated as no token. The token itself is never
+	// kept.
+	InvalidToken bool
+	// Identity is the verified identity's key claim ("" when none); for
+	// logs, never a metric label.
+	Identity string
 
 	l        *Limiter
 	lease    Lease
@@ -187,9 +196,10 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 		}
 	}
 	claims := d.inline[:0]
+	var who requestIdentity
 	for i := range p.rules {
 		rule := &p.rules[i]
-		k, ok := p.key(rule, r, ip, ipErr == nil)
+		k, ok := p.key(rule, r, ip, ipErr == nil, &who, l.now, d)
 		if !ok {
 			if rule.RejectMiss {
 				d.refuse(p, rule.Name, ReasonMissing, 0, k)
@@ -199,7 +209,7 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			}
 			continue
 		}
-		claims = append(claims, Claim{
+		c := Claim{
 			Rule:           rule.Name,
 			Key:            k,
 			Conns:          rule.Connections,
@@ -207,7 +217,17 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			Burst:          rule.Burst,
 			MaxKeys:        rule.MaxKeys,
 			RefuseWhenFull: rule.Refuse,
-		})
+		}
+		if rule.Tiers != nil {
+			if id, ok := who.get(p, r, l.now, d); ok {
+				if v, ok := id.Claim(rule.TierClaim); ok {
+					if t, ok := rule.Tiers[v]; ok {
+						c.Conns, c.Limit, c.Burst = t.Connections, t.Limit, t.Burst
+					}
+				}
+			}
+		}
+		claims = append(claims, c)
 	}
 	if len(claims) == 0 {
 		return d
@@ -248,8 +268,35 @@ func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Dura
 	d.Allowed = false
 }
 
+// requestIdentity verifies a request's token at most once per admission.
+type requestIdentity struct {
+	done bool
+	ok   bool
+	id   identity.Identity
+}
+
+func (w *requestIdentity) get(p *Policy, r *http.Request, now func() time.Time, d *Decision) (identity.Identity, bool) {
+	if w.done {
+		return w.id, w.ok
+	}
+	w.done = true
+	if p.jwt == nil {
+		return w.id, false
+	}
+	id, err := p.jwt.Identify(r, now())
+	if err != nil {
+		if !errors.Is(err, identity.ErrNoToken) {
+			d.InvalidToken = true
+		}
+		return w.id, false
+	}
+	w.id, w.ok = id, true
+	d.Identity = id.Subject
+	return id, true
+}
+
 // key takes rule's key from the request; false when it is absent.
-func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, haveIP bool) (keys.Key, bool) {
+func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, haveIP bool, who *requestIdentity, now func() time.Time, d *Decision) (keys.Key, bool) {
 	switch rule.Kind {
 	case KeyGlobal:
 		return keys.Global(), true
@@ -265,6 +312,25 @@ func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, haveIP bool) (k
 		return keys.Subnet(ip, rule.IPv4Prefix, rule.IPv6Prefix), true
 	case KeyHeader:
 		return keys.HeaderValue(r, rule.Param)
+	case KeyJWT:
+		id, ok := who.get(p, r, now, d)
+		if !ok {
+			return keys.Key{}, false
+		}
+		if rule.Param == "" {
+			return id.Key(), true
+		}
+		v, ok := id.Claim(rule.Param)
+		if !ok || v == "" {
+			return keys.Key{}, false
+		}
+		return keys.String(v), true
+	case KeyCookie:
+		c := p.cookies[rule.Param]
+		if c == nil {
+			return keys.Key{}, false
+		}
+		return c.Identify(r)
 	}
 	return keys.Key{}, false
 }

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wslimit/wslimit/keys"
+	"github.com/wslimit/wslimit/keys/identity"
 )
 
 // Defaults applied by New where a Config leaves a field at its zero value.
@@ -97,6 +100,16 @@ type Rule struct {
 	RejectMiss  bool // on_missing: reject
 	MaxKeys     int
 	Refuse      bool // state.on_full: refuse
+	// TierClaim and Tiers choose other limits by a verified JWT claim.
+	TierClaim string
+	Tiers     map[string]Tier
+}
+
+// Tier is a compiled tier: the limits a claim value selects.
+type Tier struct {
+	Connections int
+	Limit       rate.Limit
+	Burst       int
 }
 
 // Policy is a validated, compiled policy. It is immutable and safe for
@@ -109,6 +122,23 @@ type Policy struct {
 	dryRun        bool
 	rejectMode    string
 	capRetryAfter time.Duration
+	jwt           *identity.JWT
+	cookies       map[string]*identity.Cookie // by cookie name
+}
+
+// JWT returns the policy's token verifier, nil when identity.jwt is not
+// configured.
+func (p *Policy) JWT() *identity.JWT { return p.jwt }
+
+// StripTokenProtocols returns h without Sec-WebSocket-Protocol entries that
+// carry a token (identity.jwt from: subprotocol), so a token is never
+// selected and echoed as the connection's subprotocol; h itself when the
+// policy takes no token from the subprotocol.
+func (p *Policy) StripTokenProtocols(h http.Header) http.Header {
+	if p.jwt == nil {
+		return h
+	}
+	return p.jwt.StripTokenProtocols(h)
 }
 
 // Config returns the configuration the policy was built from (with
@@ -172,6 +202,7 @@ func New(cfg Config) (*Policy, error) {
 		p.clientIP = ci
 	}
 	p.exempt = parsePrefixes(v, "exempt", cfg.Exempt)
+	compileIdentity(v, p, cfg.Identity)
 
 	maxKeys := cfg.State.MaxKeys
 	switch {
@@ -242,6 +273,11 @@ func New(cfg Config) (*Policy, error) {
 			r.MaxKeys = maxKeys
 		}
 		r.Refuse = refuse
+		if r.Kind == KeyCookie {
+			if _, ok := p.cookies[r.Param]; !ok {
+				p.cookies[r.Param] = newCookie(r.Param, cfg.Identity.Session)
+			}
+		}
 		p.rules = append(p.rules, r)
 	}
 
@@ -276,7 +312,10 @@ func compileRule(v *validator, path string, rc RuleConfig, cfg Config) (Rule, bo
 		}
 	case k == "cookie" || strings.HasPrefix(k, "cookie:"):
 		r.Kind, r.Param = KeyCookie, strings.TrimPrefix(strings.TrimPrefix(k, "cookie"), ":")
-		if r.Param == "" && (cfg.Identity.Session == nil || cfg.Identity.Session.Cookie == "") {
+		if r.Param == "" && cfg.Identity.Session != nil {
+			r.Param = cfg.Identity.Session.Cookie
+		}
+		if r.Param == "" {
 			v.add(path+".key", "key cookie needs a name (cookie:NAME) or identity.session.cookie")
 		}
 	case k == "":
@@ -336,7 +375,110 @@ func compileRule(v *validator, path string, rc RuleConfig, cfg Config) (Rule, bo
 	if rc.MaxKeys < 0 {
 		v.add(path+".max_keys", "must not be negative (got %d)", rc.MaxKeys)
 	}
+	if rc.Tiers != nil {
+		compileTiers(v, path+".tiers", &r, rc.Tiers, cfg)
+	}
 	return r, len(v.errs) == n
+}
+
+func compileTiers(v *validator, path string, r *Rule, tc *TiersConfig, cfg Config) {
+	if cfg.Identity.JWT == nil {
+		v.add(path, "tiers need identity.jwt: a tier is chosen by a verified claim")
+	}
+	if tc.Claim == "" {
+		v.add(path+".claim", "required: the JWT claim whose value selects the tier")
+	}
+	if len(tc.Values) == 0 {
+		v.add(path+".values", "at least one tier")
+	}
+	r.TierClaim = tc.Claim
+	r.Tiers = make(map[string]Tier, len(tc.Values))
+	for name, t := range tc.Values {
+		tp := path + ".values." + name
+		tier := Tier{Connections: r.Connections, Limit: r.Limit, Burst: r.Burst}
+		switch {
+		case t.Connections < 0:
+			v.add(tp+".connections", "must not be negative (got %d)", t.Connections)
+		case t.Connections > 0:
+			if r.Connections == 0 {
+				v.add(tp+".connections", "the rule has no connection cap to raise or lower")
+			}
+			tier.Connections = t.Connections
+		}
+		if t.Rate != "" {
+			if r.Limit == 0 {
+				v.add(tp+".rate", "the rule has no rate to change")
+			}
+			lim, err := ParseRate(t.Rate)
+			if err != nil {
+				v.errs = append(v.errs, &Error{Path: tp + ".rate", Msg: err.Error()})
+			}
+			tier.Limit = lim
+			if t.Burst == 0 {
+				tier.Burst = max(1, int(math.Ceil(float64(lim))))
+			}
+		}
+		switch {
+		case t.Burst < 0:
+			v.add(tp+".burst", "must not be negative (got %d)", t.Burst)
+		case t.Burst > 0:
+			if tier.Limit == 0 {
+				v.add(tp+".burst", "burst needs a rate")
+			}
+			tier.Burst = t.Burst
+		}
+		r.Tiers[name] = tier
+	}
+}
+
+// compileIdentity builds the token verifier and checks the session
+// settings; key files and secrets are read here, so a policy that loads
+// has working keys.
+func compileIdentity(v *validator, p *Policy, ic IdentityConfig) {
+	p.cookies = map[string]*identity.Cookie{}
+	if ic.JWT != nil {
+		j, err := identity.NewJWT(*ic.JWT)
+		if err != nil {
+			v.errs = append(v.errs, &Error{Path: "identity.jwt", Msg: "invalid", Err: err})
+		}
+		p.jwt = j
+	}
+	if s := ic.Session; s != nil {
+		if s.Cookie != "" && !validCookieName(s.Cookie) {
+			v.add("identity.session.cookie", "%q is not a cookie name", s.Cookie)
+		}
+		if s.HMACSecretEnv != "" && s.Verify == nil {
+			if len(os.Getenv(s.HMACSecretEnv)) < 32 {
+				v.add("identity.session.hmac_secret_env", "environment variable %s must hold a secret of at least 32 bytes", s.HMACSecretEnv)
+			}
+		}
+	}
+}
+
+func newCookie(name string, s *SessionConfig) *identity.Cookie {
+	c := &identity.Cookie{Name: name}
+	if s == nil || (s.Cookie != "" && s.Cookie != name) {
+		return c
+	}
+	switch {
+	case s.Verify != nil:
+		c.Verify = s.Verify
+	case s.HMACSecretEnv != "":
+		c.Verify = identity.HMACCookieVerifier([]byte(os.Getenv(s.HMACSecretEnv)))
+	}
+	return c
+}
+
+func validCookieName(s string) bool {
+	if s == "" || len(s) > 256 {
+		return false
+	}
+	for _, c := range s {
+		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
+			return false
+		}
+	}
+	return true
 }
 
 func validateRedis(v *validator, rc RedisConfig) {

@@ -206,3 +206,21 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+func TestIdentityPolicyErrors(t *testing.T) {
+	tests := []struct{ name, doc, want string }{
+		{"alg none", "version: 1\nidentity:\n  jwt:\n    algorithms: [none]\n    secret_env: X\nrules:\n  - {name: u, key: jwt, connections: 1}\n", `4:5: identity.jwt: invalid: identity: algorithms[0]: "none" is never allowed`},
+		{"jwt key without identity", "version: 1\nrules:\n  - name: u\n    key: jwt\n    connections: 1\n", `4:10: rules[0].key: key "jwt" needs identity.jwt`},
+		{"tiers without jwt", "version: 1\nrules:\n  - name: u\n    key: ip\n    connections: 1\n    tiers: {claim: plan, values: {pro: {connections: 5}}}\n", `6:13: rules[0].tiers: tiers need identity.jwt`},
+		{"cookie without name", "version: 1\nrules:\n  - {name: s, key: cookie, connections: 1}\n", `key cookie needs a name`},
+		{"unknown jwt field", "version: 1\nidentity:\n  jwt:\n    algorithm: [RS256]\nrules:\n  - {name: u, key: ip, connections: 1}\n", `4:5: identity.jwt.algorithm: unknown field "algorithm"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc), "p.yaml")
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error = %v\nwant it to contain %q", err, tt.want)
+			}
+		})
+	}
+}

@@ -155,6 +155,7 @@ func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		return nil, err
 	}
 	d := g.lim.Admit(r.Context(), r)
+	r = withoutTokenProtocols(r, g.lim.Policy())
 	if !d.Allowed {
 		g.logReject(r, d)
 		g.writeReject(w, r, d, responseHeader)
@@ -177,6 +178,18 @@ func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		return nil, err
 	}
 	return &Conn{Conn: c, d: d}, nil
+}
+
+// withoutTokenProtocols returns r, or a shallow copy of r whose
+// Sec-WebSocket-Protocol entries carrying a token are removed, so that the
+// Upgrader can never select the token and echo it back as the subprotocol.
+func withoutTokenProtocols(r *http.Request, p *policy.Policy) *http.Request {
+	if p.JWT() == nil {
+		return r
+	}
+	r2 := r.WithContext(r.Context())
+	r2.Header = p.StripTokenProtocols(r.Header)
+	return r2
 }
 
 func (g *Guard) checkOrigin(r *http.Request) bool {
@@ -221,6 +234,7 @@ func (g *Guard) logReject(r *http.Request, d *policy.Decision) {
 		slog.String("key", d.Key.String()),
 		slog.String("client_ip", d.ClientIP.String()),
 		slog.Duration("retry_after", d.RetryAfter),
+		slog.Bool("invalid_token", d.InvalidToken),
 	)
 }
 
