@@ -63,8 +63,18 @@ type Options struct {
 	Store policy.Store
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Logger, when set, receives one line per rejection.
+	// Logger, when set, receives rejection lines (rule, reason, key,
+	// client IP, retry_after, invalid_token), at most LogRate per second
+	// with bursts of LogBurst; lines over that budget are counted and the
+	// next line carries suppressed=N. Tokens are never logged.
 	Logger *slog.Logger
+	// LogRate and LogBurst bound rejection lines (defaults DefaultLogRate,
+	// DefaultLogBurst).
+	LogRate  float64
+	LogBurst int
+	// HashKeys logs keys as a short SHA-256 prefix and leaves out the
+	// client IP, for privacy.
+	HashKeys bool
 	// Observer, when set, is told of every decision and release (metrics).
 	Observer policy.Observer
 	// Reject, when set, replaces the default rejection response in status
@@ -80,7 +90,7 @@ type Options struct {
 type Guard struct {
 	lim     *policy.Limiter
 	up      websocket.Upgrader
-	log     *slog.Logger
+	log     *rejectLog
 	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
 	closing chan struct{}
 
@@ -101,9 +111,15 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 	g := &Guard{
 		lim:     policy.NewLimiter(p, policy.Options{Store: opts.Store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
 		up:      opts.Upgrader,
-		log:     opts.Logger,
 		reject:  opts.Reject,
 		closing: make(chan struct{}, n),
+	}
+	if opts.Logger != nil {
+		now := opts.Now
+		if now == nil {
+			now = time.Now
+		}
+		g.log = newRejectLog(opts.Logger, now, opts.LogRate, opts.LogBurst, opts.HashKeys)
 	}
 	return g, nil
 }
@@ -221,21 +237,9 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 }
 
 func (g *Guard) logReject(r *http.Request, d *policy.Decision) {
-	if g.log == nil {
-		return
+	if g.log != nil {
+		g.log.write(r, d)
 	}
-	msg := "wslimit: handshake rejected"
-	if d.WouldReject {
-		msg = "wslimit: handshake would be rejected (dry run)"
-	}
-	g.log.LogAttrs(r.Context(), slog.LevelInfo, msg,
-		slog.String("rule", d.Rule),
-		slog.String("reason", d.Reason.String()),
-		slog.String("key", d.Key.String()),
-		slog.String("client_ip", d.ClientIP.String()),
-		slog.Duration("retry_after", d.RetryAfter),
-		slog.Bool("invalid_token", d.InvalidToken),
-	)
 }
 
 // rejectBody is the JSON body of a refused handshake.
