@@ -168,9 +168,19 @@ type RedisConfig struct {
 
 // RejectConfig says how a refused handshake is answered.
 type RejectConfig struct {
-	// Mode is "status" (default: HTTP 429 before the upgrade) or "close"
-	// (upgrade, then close with 1013 or 1008 and a reason).
+	// Mode is "status" (default: HTTP 429 before the upgrade), "close"
+	// (upgrade, then close with 1013 or 1008 and a reason) or "auto"
+	// (close for requests that carry Origin, i.e. browsers; status for
+	// the rest).
 	Mode string `yaml:"mode"`
+	// MaxClosing bounds the refused connections being closed at once in
+	// close and auto modes (default 256); past it, refusals get a status.
+	MaxClosing int `yaml:"max_closing"`
+	// MaxClosingPerIP bounds them per client address (default 4).
+	MaxClosingPerIP int `yaml:"max_closing_per_ip"`
+	// RateLimitHeaders adds the IETF draft's RateLimit-Policy and RateLimit
+	// headers to status refusals, beside Retry-After.
+	RateLimitHeaders bool `yaml:"ratelimit_headers"`
 	// CapRetryAfter is the Retry-After sent when a connection cap refuses
 	// (a cap has no refill time); default 1s.
 	CapRetryAfter time.Duration `yaml:"cap_retry_after"`

@@ -109,6 +109,10 @@ type Decision struct {
 	// Key is the refusing rule's key, for logs. Never use it as a metric
 	// label.
 	Key keys.Key
+	// Refused is the refusing rule's claim as evaluated (its key and the
+	// limits that applied, tiers included); zero when no claim was built
+	// (missing identity, store error).
+	Refused Claim
 	// InvalidToken is true when the request carried a token that failed
 	// verification; it was treated as no token. The token itself is never
 	// kept.
@@ -250,6 +254,7 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			ra = p.capRetryAfter
 		}
 		d.refuse(p, claims[v.Index].Rule, v.Reason, ra, claims[v.Index].Key)
+		d.Refused = claims[v.Index]
 		return d
 	}
 	d.lease, d.claims, d.held = lease, claims, true

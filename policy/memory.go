@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,6 +148,25 @@ func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error 
 // Close is a no-op; the store holds no resources beyond memory.
 func (s *MemoryStore) Close() error { return nil }
 
+// Inspector is implemented by stores that can report their state, for
+// metrics and inspection pages. MemoryStore implements it.
+type Inspector interface {
+	// Rules names the rules the store holds state for.
+	Rules() []string
+	// Stats returns a snapshot of one rule's state.
+	Stats(rule string) RuleStats
+	// TopKeys returns up to n keys holding the most slots under rule.
+	TopKeys(rule string, n int) []KeyCount
+}
+
+var _ Inspector = (*MemoryStore)(nil)
+
+// KeyCount is a key and the connection slots it holds.
+type KeyCount struct {
+	Key   keys.Key
+	Count int
+}
+
 // RuleStats is a snapshot of one rule's state in a MemoryStore.
 type RuleStats struct {
 	// Keys is the number of keys holding at least one connection slot.
@@ -171,6 +191,32 @@ func (s *MemoryStore) Stats(rule string) RuleStats {
 		st.Evictions = t.Evictions()
 	}
 	return st
+}
+
+// Rules returns the names of the rules the store has state for.
+func (s *MemoryStore) Rules() []string {
+	m := *s.rules.Load()
+	names := make([]string, 0, len(m))
+	for name := range m {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// TopKeys returns up to n keys of rule holding the most connection slots,
+// most first. For an inspection page; keys must never become metric labels.
+func (s *MemoryStore) TopKeys(rule string, n int) []KeyCount {
+	r, ok := (*s.rules.Load())[rule]
+	if !ok || n <= 0 {
+		return nil
+	}
+	top := r.conns.Top(n)
+	out := make([]KeyCount, len(top))
+	for i, e := range top {
+		out[i] = KeyCount{Key: e.Key, Count: e.Count}
+	}
+	return out
 }
 
 // Count returns the slots key holds under rule.

@@ -36,6 +36,13 @@ const (
 const (
 	RejectStatus = "status" // HTTP 429 / 401 before the upgrade
 	RejectClose  = "close"  // upgrade, then close 1013 / 1008 with a reason
+	RejectAuto   = "auto"   // close for browsers (Origin present), status otherwise
+)
+
+// Defaults of the bounded close path.
+const (
+	DefaultMaxClosing      = 256
+	DefaultMaxClosingPerIP = 4
 )
 
 // Error is a policy error that says where the problem is: Path names the
@@ -115,15 +122,17 @@ type Tier struct {
 // Policy is a validated, compiled policy. It is immutable and safe for
 // concurrent use; a reload builds a new Policy.
 type Policy struct {
-	cfg           Config
-	clientIP      *keys.ClientIP
-	exempt        []netip.Prefix
-	rules         []Rule
-	dryRun        bool
-	rejectMode    string
-	capRetryAfter time.Duration
-	jwt           *identity.JWT
-	cookies       map[string]*identity.Cookie // by cookie name
+	cfg             Config
+	clientIP        *keys.ClientIP
+	exempt          []netip.Prefix
+	rules           []Rule
+	dryRun          bool
+	rejectMode      string
+	capRetryAfter   time.Duration
+	maxClosing      int
+	maxClosingPerIP int
+	jwt             *identity.JWT
+	cookies         map[string]*identity.Cookie // by cookie name
 }
 
 // JWT returns the policy's token verifier, nil when identity.jwt is not
@@ -152,8 +161,16 @@ func (p *Policy) Rules() []Rule { return p.rules }
 // DryRun reports whether the policy only reports what it would reject.
 func (p *Policy) DryRun() bool { return p.dryRun }
 
-// RejectMode is RejectStatus or RejectClose.
+// RejectMode is RejectStatus, RejectClose or RejectAuto.
 func (p *Policy) RejectMode() string { return p.rejectMode }
+
+// MaxClosing bounds refused connections being closed at once (close and
+// auto modes), overall and per client address.
+func (p *Policy) MaxClosing() (overall, perIP int) { return p.maxClosing, p.maxClosingPerIP }
+
+// RateLimitHeaders reports whether status refusals carry the IETF draft's
+// RateLimit-Policy and RateLimit headers.
+func (p *Policy) RateLimitHeaders() bool { return p.cfg.Reject.RateLimitHeaders }
 
 // CapRetryAfter is the Retry-After sent when a connection cap refuses.
 func (p *Policy) CapRetryAfter() time.Duration { return p.capRetryAfter }
@@ -230,10 +247,23 @@ func New(cfg Config) (*Policy, error) {
 	switch cfg.Reject.Mode {
 	case "", RejectStatus:
 		p.rejectMode = RejectStatus
-	case RejectClose:
-		p.rejectMode = RejectClose
+	case RejectClose, RejectAuto:
+		p.rejectMode = cfg.Reject.Mode
 	default:
-		v.add("reject.mode", "must be status or close (got %q)", cfg.Reject.Mode)
+		v.add("reject.mode", "must be status, close or auto (got %q)", cfg.Reject.Mode)
+	}
+	p.maxClosing, p.maxClosingPerIP = cfg.Reject.MaxClosing, cfg.Reject.MaxClosingPerIP
+	switch {
+	case p.maxClosing < 0:
+		v.add("reject.max_closing", "must not be negative")
+	case p.maxClosing == 0:
+		p.maxClosing = DefaultMaxClosing
+	}
+	switch {
+	case p.maxClosingPerIP < 0:
+		v.add("reject.max_closing_per_ip", "must not be negative")
+	case p.maxClosingPerIP == 0:
+		p.maxClosingPerIP = DefaultMaxClosingPerIP
 	}
 	p.capRetryAfter = cfg.Reject.CapRetryAfter
 	switch {

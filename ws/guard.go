@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"strconv"
@@ -25,10 +27,6 @@ const (
 	CloseTryAgainLater   = websocket.CloseTryAgainLater   // 1013: a cap or rate refused
 	ClosePolicyViolation = websocket.ClosePolicyViolation // 1008: a required identity is missing
 )
-
-// DefaultMaxClosing bounds the connections being closed at once in close
-// mode; past it, refusals are answered with an HTTP status instead.
-const DefaultMaxClosing = 256
 
 // closeLinger is how long a close-mode connection waits for the client's
 // close frame before the TCP connection is dropped.
@@ -80,23 +78,21 @@ type Options struct {
 	// Reject, when set, replaces the default rejection response in status
 	// mode. It must write a response.
 	Reject func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
-	// MaxClosing bounds close-mode connections being closed at once
-	// (default DefaultMaxClosing); past it a refusal gets an HTTP status.
-	MaxClosing int
 }
 
 // Guard admits WebSocket handshakes under a policy before upgrading them.
 // It is safe for concurrent use.
 type Guard struct {
-	lim     *policy.Limiter
-	up      websocket.Upgrader
-	log     *rejectLog
-	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
-	closing chan struct{}
+	lim    *policy.Limiter
+	up     websocket.Upgrader
+	log    *rejectLog
+	reject func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
 
-	mu     sync.Mutex // orders wg.Add before Close's wg.Wait
-	closed bool
-	wg     sync.WaitGroup
+	mu        sync.Mutex // guards the close-path bounds; orders wg.Add before Close's wg.Wait
+	closed    bool
+	closing   int                // refused connections being closed
+	closingIP map[netip.Addr]int // the same per client address; entries only while > 0
+	wg        sync.WaitGroup
 }
 
 // New returns a Guard enforcing p.
@@ -104,15 +100,11 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 	if p == nil {
 		return nil, errors.New("ws: nil policy")
 	}
-	n := opts.MaxClosing
-	if n <= 0 {
-		n = DefaultMaxClosing
-	}
 	g := &Guard{
-		lim:     policy.NewLimiter(p, policy.Options{Store: opts.Store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
-		up:      opts.Upgrader,
-		reject:  opts.Reject,
-		closing: make(chan struct{}, n),
+		lim:       policy.NewLimiter(p, policy.Options{Store: opts.Store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
+		up:        opts.Upgrader,
+		reject:    opts.Reject,
+		closingIP: map[netip.Addr]int{},
 	}
 	if opts.Logger != nil {
 		now := opts.Now
@@ -263,16 +255,58 @@ func RetryAfterSeconds(d time.Duration) int {
 }
 
 func (g *Guard) writeReject(w http.ResponseWriter, r *http.Request, d *policy.Decision, h http.Header) {
-	if g.lim.Policy().RejectMode() == policy.RejectClose {
-		select {
-		case g.closing <- struct{}{}:
-			g.closeReject(w, r, d, h)
-			return
-		default:
-			// Too many connections being closed: answer cheaply instead.
+	p := g.lim.Policy()
+	mode := p.RejectMode()
+	if mode == policy.RejectAuto {
+		// Browsers always send Origin and cannot read a refused
+		// handshake's status; other clients read 429 cheaply. Origin is
+		// forgeable, so the close path is bounded below.
+		mode = policy.RejectStatus
+		if r.Header.Get("Origin") != "" {
+			mode = policy.RejectClose
 		}
 	}
+	if mode == policy.RejectClose && g.acquireClose(d.ClientIP, p) {
+		g.closeReject(w, r, d, h)
+		return
+	}
 	g.writeStatus(w, r, d)
+}
+
+// acquireClose takes a place on the bounded close path: at most
+// max_closing refused connections being closed at once, and at most
+// max_closing_per_ip per client address. Past either bound the refusal is
+// answered with a status, which costs no upgrade.
+func (g *Guard) acquireClose(ip netip.Addr, p *policy.Policy) bool {
+	overall, perIP := p.MaxClosing()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed || g.closing >= overall || g.closingIP[ip] >= perIP {
+		return false
+	}
+	g.closing++
+	g.closingIP[ip]++
+	g.wg.Add(1)
+	return true
+}
+
+func (g *Guard) releaseClose(ip netip.Addr) {
+	g.mu.Lock()
+	g.closing--
+	if n := g.closingIP[ip] - 1; n > 0 {
+		g.closingIP[ip] = n
+	} else {
+		delete(g.closingIP, ip)
+	}
+	g.mu.Unlock()
+	g.wg.Done()
+}
+
+// Closing returns the number of refused connections being closed.
+func (g *Guard) Closing() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closing
 }
 
 func (g *Guard) writeStatus(w http.ResponseWriter, r *http.Request, d *policy.Decision) {
@@ -280,7 +314,37 @@ func (g *Guard) writeStatus(w http.ResponseWriter, r *http.Request, d *policy.De
 		g.reject(w, r, d)
 		return
 	}
+	if g.lim.Policy().RateLimitHeaders() {
+		SetRateLimitHeaders(w.Header(), d)
+	}
 	WriteRejection(w, d)
+}
+
+// SetRateLimitHeaders sets the IETF draft (draft-ietf-httpapi-ratelimit-
+// headers, -07 onward) headers for a refused decision: RateLimit-Policy
+// names the refusing rule with its quota (q: the burst of a rate rule, with
+// w the seconds it takes to refill; the cap of a connection rule), and
+// RateLimit says none remain (r=0) and when to retry (t, seconds).
+func SetRateLimitHeaders(h http.Header, d *policy.Decision) {
+	c := d.Refused
+	if c.Rule == "" {
+		return
+	}
+	var pol string
+	switch d.Reason {
+	case policy.ReasonRate, policy.ReasonTableFull:
+		if c.Limit <= 0 {
+			return
+		}
+		w := int(math.Ceil(float64(c.Burst) / float64(c.Limit)))
+		pol = fmt.Sprintf("%q;q=%d;w=%d", c.Rule, c.Burst, max(w, 1))
+	case policy.ReasonConnections:
+		pol = fmt.Sprintf("%q;q=%d", c.Rule, c.Conns)
+	default:
+		return
+	}
+	h.Set("RateLimit-Policy", pol)
+	h.Set("RateLimit", fmt.Sprintf("%q;r=0;t=%d", c.Rule, RetryAfterSeconds(d.RetryAfter)))
 }
 
 // WriteRejection writes the default response for a refused decision:
@@ -316,21 +380,12 @@ func CloseReason(d *policy.Decision) string {
 
 // closeReject upgrades without taking any slot and closes at once with
 // 1013 (or 1008 for a missing identity) and a reason. The caller holds a
-// token of g.closing, which is returned when the connection is gone.
+// place on the close path (acquireClose), returned when the connection is
+// gone.
 func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.Decision, h http.Header) {
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
-		<-g.closing
-		g.writeStatus(w, r, d)
-		return
-	}
-	g.wg.Add(1)
-	g.mu.Unlock()
 	c, err := g.up.Upgrade(w, r, h)
 	if err != nil {
-		<-g.closing
-		g.wg.Done()
+		g.releaseClose(d.ClientIP)
 		return
 	}
 	code := CloseTryAgainLater
@@ -340,10 +395,10 @@ func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.De
 	deadline := time.Now().Add(closeLinger)
 	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, CloseReason(d)), deadline)
 	go func() {
-		defer g.wg.Done()
-		defer func() { <-g.closing }()
+		defer g.releaseClose(d.ClientIP)
 		// Wait briefly for the client's close frame so the reason is not
-		// lost to a reset; bounded by closeLinger and by g.closing.
+		// lost to a reset; bounded by closeLinger and by the close-path
+		// bounds.
 		_ = c.SetReadDeadline(deadline)
 		for {
 			if _, _, err := c.NextReader(); err != nil {
