@@ -69,7 +69,7 @@ type JWTConfig struct {
 	// token. Of repeated headers, query parameters and cookies the first
 	// counts; subprotocol prefixes are case-sensitive, and every
 	// Sec-WebSocket-Protocol line is searched. Empty means [DefaultSource].
-	From []string `yaml:"from"`
+	From []string `yaml:"from" json:"from,omitempty"`
 
 	// Algorithms is the allow-list of JWS algorithms (HS256, HS384,
 	// HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384,
@@ -77,7 +77,7 @@ type JWTConfig struct {
 	// that mixes HMAC (HS*) with public-key algorithms: a verifier is
 	// either symmetric or asymmetric, which makes key confusion
 	// impossible.
-	Algorithms []string `yaml:"algorithms"`
+	Algorithms []string `yaml:"algorithms" json:"algorithms,omitempty"`
 
 	// KeyFile is a PEM file with one public key (PUBLIC KEY, RSA PUBLIC
 	// KEY or CERTIFICATE block; RSA of at least 2048 bits, ECDSA P-256,
@@ -86,42 +86,42 @@ type JWTConfig struct {
 	// allowed algorithm can use, whose "use" is not "sig", or whose "alg"
 	// is not allowed are skipped; a JWK's "alg" pins the key to that
 	// algorithm. With HS* algorithms only a JWKS of "oct" keys fits.
-	KeyFile string `yaml:"key_file"`
+	KeyFile string `yaml:"key_file" json:"key_file,omitempty"`
 
 	// SecretEnv names an environment variable that holds the HMAC secret.
 	// Only with HS* algorithms. The secret must be at least as long as the
 	// largest allowed hash (32 bytes for HS256, 48 for HS384, 64 for
 	// HS512), per RFC 7518 section 3.2.
-	SecretEnv string `yaml:"secret_env"`
+	SecretEnv string `yaml:"secret_env" json:"secret_env,omitempty"`
 
 	// SecretFile is a file that holds the HMAC secret, used as raw bytes
 	// with trailing CR and LF removed. Only with HS* algorithms.
-	SecretFile string `yaml:"secret_file"`
+	SecretFile string `yaml:"secret_file" json:"secret_file,omitempty"`
 
 	// Issuer, when set, must equal the token's iss claim.
-	Issuer string `yaml:"issuer"`
+	Issuer string `yaml:"issuer" json:"issuer,omitempty"`
 
 	// Audience, when set, must be one of the token's aud values.
-	Audience string `yaml:"audience"`
+	Audience string `yaml:"audience" json:"audience,omitempty"`
 
 	// Leeway is the clock skew tolerated on exp and nbf. Must not be
 	// negative.
-	Leeway time.Duration `yaml:"leeway"`
+	Leeway time.Duration `yaml:"leeway" json:"leeway,omitempty"`
 
 	// Claim names the claim whose value becomes the key; it must be a
 	// non-empty string in the token. Empty means [DefaultClaim] ("sub").
-	Claim string `yaml:"claim"`
+	Claim string `yaml:"claim" json:"claim,omitempty"`
 
 	// CacheSize is the number of verified tokens remembered, so that a
 	// reconnecting client does not pay a signature verification each
 	// time. Zero means [DefaultCacheSize]; negative disables the cache.
 	// From 1024 entries on, the cache is split into 16 shards of
 	// CacheSize/16 entries, each evicting its least recently used entry.
-	CacheSize int `yaml:"cache_size"`
+	CacheSize int `yaml:"cache_size" json:"cache_size,omitempty"`
 
 	// MaxTokenBytes bounds the length of a token; longer tokens are
 	// rejected before any parsing. Zero means [DefaultMaxTokenBytes].
-	MaxTokenBytes int `yaml:"max_token_bytes"`
+	MaxTokenBytes int `yaml:"max_token_bytes" json:"max_token_bytes,omitempty"`
 }
 
 // Identity is what a verified token says about its bearer. Identities
