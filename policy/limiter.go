@@ -122,6 +122,7 @@ type Decision struct {
 	Identity string
 
 	l        *Limiter
+	p        *Policy
 	lease    Lease
 	claims   []Claim
 	inline   [4]Claim
@@ -144,6 +145,10 @@ func (d *Decision) Status() int {
 		return http.StatusTooManyRequests
 	}
 }
+
+// Policy returns the policy the decision was made under: a handshake that
+// straddles a reload is answered by the policy that decided it.
+func (d *Decision) Policy() *Policy { return d.p }
 
 // Holds reports whether the decision holds slots not yet released.
 func (d *Decision) Holds() bool { return d.held && !d.released.Load() }
@@ -190,7 +195,7 @@ func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
 
 func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	p := l.policy.Load()
-	d := &Decision{l: l, Allowed: true}
+	d := &Decision{l: l, p: p, Allowed: true}
 	ip, ipErr := p.clientIP.Resolve(r)
 	if ipErr == nil {
 		d.ClientIP = ip

@@ -163,7 +163,7 @@ func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		return nil, err
 	}
 	d := g.lim.Admit(r.Context(), r)
-	r = withoutTokenProtocols(r, g.lim.Policy())
+	r = withoutTokenProtocols(r, d.Policy())
 	if !d.Allowed {
 		g.logReject(r, d)
 		g.writeReject(w, r, d, responseHeader)
@@ -192,7 +192,7 @@ func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 // Sec-WebSocket-Protocol entries carrying a token are removed, so that the
 // Upgrader can never select the token and echo it back as the subprotocol.
 func withoutTokenProtocols(r *http.Request, p *policy.Policy) *http.Request {
-	if p.JWT() == nil {
+	if p == nil || p.JWT() == nil {
 		return r
 	}
 	r2 := r.WithContext(r.Context())
@@ -255,7 +255,10 @@ func RetryAfterSeconds(d time.Duration) int {
 }
 
 func (g *Guard) writeReject(w http.ResponseWriter, r *http.Request, d *policy.Decision, h http.Header) {
-	p := g.lim.Policy()
+	p := d.Policy()
+	if p == nil {
+		p = g.lim.Policy()
+	}
 	mode := p.RejectMode()
 	if mode == policy.RejectAuto {
 		// Browsers always send Origin and cannot read a refused
@@ -314,7 +317,7 @@ func (g *Guard) writeStatus(w http.ResponseWriter, r *http.Request, d *policy.De
 		g.reject(w, r, d)
 		return
 	}
-	if g.lim.Policy().RateLimitHeaders() {
+	if p := d.Policy(); p != nil && p.RateLimitHeaders() {
 		SetRateLimitHeaders(w.Header(), d)
 	}
 	WriteRejection(w, d)
