@@ -1,19 +1,25 @@
 // Command server is a guarded WebSocket echo server with a demo page.
 //
-//	go run ./examples/server [-addr 127.0.0.1:8080] [-policy policy.yaml]
+//	go run ./examples/server [-addr 127.0.0.1:8080] [-admin 127.0.0.1:8090] [-policy policy.yaml]
 //
-// It serves the demo page on / and a WebSocket echo endpoint on /ws,
-// guarded by wslimit with the embedded default policy (policy.yaml beside
-// this file) or the one given with -policy, and logs every rejection.
+// It serves the demo page on /, a WebSocket echo endpoint on /ws guarded by
+// wslimit with the embedded default policy (policy.yaml beside this file)
+// or the one given with -policy, and aggregate per-rule counters on /stats
+// for the page. It logs every rejection. With -admin it also serves, on a
+// separate listener, Prometheus metrics on /metrics and the inspection
+// handler on /inspect (live policy, per rule tracked keys, live connections
+// and top keys: addresses, so never on the public listener).
 package main
 
 import (
 	"context"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -21,8 +27,12 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/prom"
 	"github.com/wslimit/wslimit/policy/redisstore"
 	"github.com/wslimit/wslimit/ws"
 )
@@ -35,11 +45,12 @@ var indexHTML []byte
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
+	admin := flag.String("admin", "", "admin listen address for /metrics and /inspect, e.g. 127.0.0.1:8090 (default: off)")
 	policyFile := flag.String("policy", "", "policy file (default: the embedded policy.yaml)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(*addr, *policyFile, log); err != nil {
+	if err := run(*addr, *admin, *policyFile, log); err != nil {
 		log.Error("server failed", "error", err)
 		os.Exit(1)
 	}
@@ -52,7 +63,7 @@ func loadPolicy(file string) (*policy.Policy, error) {
 	return policy.LoadFile(file)
 }
 
-func run(addr, policyFile string, log *slog.Logger) error {
+func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 	p, err := loadPolicy(policyFile)
 	if err != nil {
 		return err
@@ -62,33 +73,84 @@ func run(addr, policyFile string, log *slog.Logger) error {
 		return err
 	}
 	defer store.Close()
-	g, err := ws.New(p, ws.Options{
-		Store:    store,
-		Logger:   log,
-		Upgrader: websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
-	})
+	g, reg, err := newGuard(p, store, log)
 	if err != nil {
 		return err
 	}
 	defer g.Close()
 
-	srv := &http.Server{Addr: addr, Handler: newMux(g), ReadHeaderTimeout: 5 * time.Second}
+	// Listen before serving so that a busy port fails the start, and the
+	// log line names the real address (":0" picks a free port).
+	servers := []*http.Server{{Handler: newMux(g), ReadHeaderTimeout: 5 * time.Second}}
+	lns := make([]net.Listener, 0, 2)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	lns = append(lns, ln)
+	if adminAddr != "" {
+		aln, err := net.Listen("tcp", adminAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		lns = append(lns, aln)
+		servers = append(servers, &http.Server{Handler: newAdminMux(g, reg), ReadHeaderTimeout: 5 * time.Second})
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("wslimit demo listening", "url", fmt.Sprintf("http://%s/", addr), "rules", len(p.Rules()))
+	errc := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { errc <- srv.Serve(lns[i]) }()
+	}
+	log.Info("wslimit demo listening", "url", fmt.Sprintf("http://%s/", lns[0].Addr()), "rules", len(p.Rules()))
+	if len(lns) > 1 {
+		log.Info("wslimit admin listening", "metrics", fmt.Sprintf("http://%s/metrics", lns[1].Addr()),
+			"inspect", fmt.Sprintf("http://%s/inspect", lns[1].Addr()))
+	}
+	var serveErr error
 	select {
-	case err := <-errc:
-		return err
+	case serveErr = <-errc:
 	case <-ctx.Done():
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	for _, srv := range servers {
+		if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) && serveErr == nil {
+			serveErr = err
+		}
 	}
-	return nil
+	return serveErr
+}
+
+// newGuard returns the demo's guard, with a Prometheus observer registered
+// in a registry of its own (with the Go and process collectors) for the
+// admin listener's /metrics.
+func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard, *prometheus.Registry, error) {
+	var opts prom.Options
+	if insp, ok := store.(policy.Inspector); ok {
+		opts.Store = insp // tracked keys, buckets, evictions per rule
+	}
+	if rs, ok := store.(*redisstore.Store); ok {
+		opts.StoreErrors = func() uint64 { return rs.Stats().Errors }
+	}
+	obs := prom.New(opts)
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(obs); err != nil {
+		return nil, nil, err
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g, err := ws.New(p, ws.Options{
+		Store:    store,
+		Logger:   log,
+		Observer: obs,
+		Upgrader: websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, reg, nil
 }
 
 // newStore returns the store the policy asks for: in memory, or Redis with
@@ -108,7 +170,8 @@ func newStore(p *policy.Policy, log *slog.Logger) (policy.Store, error) {
 	return st, nil
 }
 
-// newMux serves the demo page on / and the guarded echo endpoint on /ws.
+// newMux serves the demo page on /, the guarded echo endpoint on /ws and
+// the page's aggregate counters on /stats.
 func newMux(g *ws.Guard) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -132,6 +195,56 @@ func newMux(g *ws.Guard) *http.ServeMux {
 			}
 		}
 	})
-
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(w).Encode(publicStats(g))
+	})
 	return mux
+}
+
+// newAdminMux serves the admin endpoints: /metrics (reg) and /inspect.
+// The inspection lists client addresses and user ids: serve it only on a
+// private address.
+func newAdminMux(g *ws.Guard, reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /inspect", g.InspectHandler())
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
+
+// Stats is the public /stats document: aggregate numbers only, never a key
+// (address, user id, cookie), so that it can be served to anyone.
+type Stats struct {
+	Mode       string      `json:"mode"`
+	RejectMode string      `json:"reject_mode"`
+	Closing    int         `json:"closing"`
+	Rules      []RuleStats `json:"rules"`
+}
+
+// RuleStats is one rule's limits and aggregate state.
+type RuleStats struct {
+	Name        string  `json:"name"`
+	Key         string  `json:"key"` // the kind of key (ip, subnet, ...), not a key
+	Connections int     `json:"connections,omitempty"`
+	Rate        float64 `json:"rate_per_second,omitempty"`
+	Burst       int     `json:"burst,omitempty"`
+	Live        int     `json:"live_connections"`
+	TrackedKeys int     `json:"tracked_keys"`
+}
+
+func publicStats(g *ws.Guard) Stats {
+	in := g.Inspect(0)
+	s := Stats{Mode: in.Mode, RejectMode: in.RejectMode, Closing: in.Closing, Rules: make([]RuleStats, 0, len(in.Rules))}
+	for _, r := range in.Rules {
+		rs := RuleStats{Name: r.Name, Key: r.Key, Connections: r.Connections, Rate: r.Rate, Burst: r.Burst}
+		if r.LiveConnections != nil {
+			rs.Live = *r.LiveConnections
+		}
+		if r.TrackedKeys != nil {
+			rs.TrackedKeys = *r.TrackedKeys
+		}
+		s.Rules = append(s.Rules, rs)
+	}
+	return s
 }
