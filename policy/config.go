@@ -176,7 +176,7 @@ type RejectConfig struct {
 	// MaxClosing bounds the refused connections being closed at once in
 	// close and auto modes (default 256); past it, refusals get a status.
 	MaxClosing int `yaml:"max_closing" json:"max_closing,omitempty"`
-	// MaxClosingPerIP bounds them per client address (default 4).
+	// MaxClosingPerIP bounds them per client address (default 16).
 	MaxClosingPerIP int `yaml:"max_closing_per_ip" json:"max_closing_per_ip,omitempty"`
 	// RateLimitHeaders adds the IETF draft's RateLimit-Policy and RateLimit
 	// headers to status refusals, beside Retry-After.

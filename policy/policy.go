@@ -42,7 +42,7 @@ const (
 // Defaults of the bounded close path.
 const (
 	DefaultMaxClosing      = 256
-	DefaultMaxClosingPerIP = 4
+	DefaultMaxClosingPerIP = 16
 )
 
 // Error is a policy error that says where the problem is: Path names the
