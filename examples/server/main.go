@@ -34,6 +34,7 @@ import (
 	"github.com/wslimit/wslimit/policy"
 	"github.com/wslimit/wslimit/policy/prom"
 	"github.com/wslimit/wslimit/policy/redisstore"
+	"github.com/wslimit/wslimit/policy/reload"
 	"github.com/wslimit/wslimit/ws"
 )
 
@@ -100,6 +101,15 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if policyFile != "" {
+		// Hot reload: on file change or SIGHUP; a bad file is logged with
+		// file:line:col and the running policy stays.
+		w, err := reload.Watch(ctx, policyFile, g.SetPolicy, reload.Options{Logger: log, SIGHUP: true})
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+	}
 	errc := make(chan error, len(servers))
 	for i, srv := range servers {
 		go func() { errc <- srv.Serve(lns[i]) }()
