@@ -4,7 +4,7 @@ go 1.26.0
 
 require golang.org/x/time v0.16.0
 
-require go.uber.org/goleak v1.3.0 // indirect
+require go.uber.org/goleak v1.3.0
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
