@@ -109,10 +109,6 @@ type Decision struct {
 	// Key is the refusing rule's key, for logs. Never use it as a metric
 	// label.
 	Key keys.Key
-	// Refused is the refusing rule's claim as evaluated (its key and the
-	// limits that applied, tiers included); zero when no claim was built
-	// (missing identity, store error).
-	Refused Claim
 	// InvalidToken is true when the request carried a token that failed
 	// verification; it was treated as no token. The token itself is never
 	// kept.
@@ -126,6 +122,7 @@ type Decision struct {
 	lease    Lease
 	claims   []Claim
 	inline   [4]Claim
+	refused  int // index+1 in claims of the refusing claim; 0 for none
 	held     bool
 	released atomic.Bool
 }
@@ -149,6 +146,16 @@ func (d *Decision) Status() int {
 // Policy returns the policy the decision was made under: a handshake that
 // straddles a reload is answered by the policy that decided it.
 func (d *Decision) Policy() *Policy { return d.p }
+
+// RefusedClaim returns the refusing rule's claim as evaluated (its key and
+// the limits that applied, tiers included); false when no claim refused (an
+// admission, a missing identity, a store error).
+func (d *Decision) RefusedClaim() (Claim, bool) {
+	if d.refused == 0 || d.refused > len(d.claims) {
+		return Claim{}, false
+	}
+	return d.claims[d.refused-1], true
+}
 
 // Holds reports whether the decision holds slots not yet released.
 func (d *Decision) Holds() bool { return d.held && !d.released.Load() }
@@ -226,6 +233,7 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			Burst:          rule.Burst,
 			MaxKeys:        rule.MaxKeys,
 			RefuseWhenFull: rule.Refuse,
+			memo:           rule.memo,
 		}
 		if rule.Tiers != nil {
 			if id, ok := who.get(p, r, l.now, d); ok {
@@ -259,7 +267,7 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			ra = p.capRetryAfter
 		}
 		d.refuse(p, claims[v.Index].Rule, v.Reason, ra, claims[v.Index].Key)
-		d.Refused = claims[v.Index]
+		d.claims, d.refused = claims, v.Index+1
 		return d
 	}
 	d.lease, d.claims, d.held = lease, claims, true

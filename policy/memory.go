@@ -44,6 +44,31 @@ func NewMemoryStore() *MemoryStore {
 	return s
 }
 
+// ruleMemo remembers, for one compiled rule, the state a MemoryStore keeps
+// for it, so the hot path skips the lookup by name. It holds one store at a
+// time; a rule used with another store falls back to the lookup.
+type ruleMemo struct {
+	p atomic.Pointer[memoEntry]
+}
+
+type memoEntry struct {
+	store *MemoryStore
+	r     *memRule
+}
+
+// ruleFor returns the state of c's rule.
+func (s *MemoryStore) ruleFor(c *Claim) *memRule {
+	if m := c.memo; m != nil {
+		if e := m.p.Load(); e != nil && e.store == s {
+			return e.r
+		}
+		r := s.rule(c.Rule)
+		m.p.Store(&memoEntry{store: s, r: r})
+		return r
+	}
+	return s.rule(c.Rule)
+}
+
 func (s *MemoryStore) rule(name string) *memRule {
 	if r, ok := (*s.rules.Load())[name]; ok {
 		return r
@@ -100,7 +125,7 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 	}
 	for i := range claims {
 		c := &claims[i]
-		r := s.rule(c.Rule)
+		r := s.ruleFor(c)
 		if c.Conns > 0 {
 			if !r.conns.Acquire(c.Key, c.Conns) {
 				s.undo(now, claims[:i], held[:i], res[:i])
@@ -139,7 +164,7 @@ func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res [
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
 		if claims[i].Conns > 0 {
-			s.rule(claims[i].Rule).conns.Release(claims[i].Key)
+			s.ruleFor(&claims[i]).conns.Release(claims[i].Key)
 		}
 	}
 	return nil

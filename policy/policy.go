@@ -110,6 +110,8 @@ type Rule struct {
 	// TierClaim and Tiers choose other limits by a verified JWT claim.
 	TierClaim string
 	Tiers     map[string]Tier
+
+	memo *ruleMemo
 }
 
 // Tier is a compiled tier: the limits a claim value selects.
@@ -303,6 +305,7 @@ func New(cfg Config) (*Policy, error) {
 			r.MaxKeys = maxKeys
 		}
 		r.Refuse = refuse
+		r.memo = new(ruleMemo)
 		if r.Kind == KeyCookie {
 			if _, ok := p.cookies[r.Param]; !ok {
 				p.cookies[r.Param] = newCookie(r.Param, cfg.Identity.Session)

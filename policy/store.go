@@ -30,6 +30,10 @@ type Claim struct {
 	// RefuseWhenFull makes a full bucket table refuse new keys instead of
 	// evicting the least recently used bucket.
 	RefuseWhenFull bool
+
+	// memo lets MemoryStore find its state for the rule without a lookup
+	// by name; nil for claims built outside a Limiter.
+	memo *ruleMemo
 }
 
 // Reason says why a claim was refused.

@@ -329,8 +329,8 @@ func (g *Guard) writeStatus(w http.ResponseWriter, r *http.Request, d *policy.De
 // w the seconds it takes to refill; the cap of a connection rule), and
 // RateLimit says none remain (r=0) and when to retry (t, seconds).
 func SetRateLimitHeaders(h http.Header, d *policy.Decision) {
-	c := d.Refused
-	if c.Rule == "" {
+	c, ok := d.RefusedClaim()
+	if !ok {
 		return
 	}
 	var pol string
