@@ -2,11 +2,10 @@
 //
 // # Overview
 //
-// A [Table] maps keys to token buckets (golang.org/x/time/rate Limiters)
-// kept in least-recently-used order, at most Options.MaxKeys of them.
-// [Table.Reserve] takes one token from a key's bucket at a given time and
-// returns a [Reservation] that gives the token back if the caller decides
-// not to admit after all:
+// A [Table] maps keys to token buckets kept in least-recently-used order,
+// at most Options.MaxKeys of them. [Table.Reserve] takes one token from a
+// key's bucket at a given time and returns a [Reservation] that gives the
+// token back if the caller decides not to admit after all:
 //
 //	t := buckets.New(buckets.Options{MaxKeys: 100_000}, func(k keys.Key) uint64 { return k.Hash(seed) })
 //	res, r := t.Reserve(k, now, 10, 20) // 10 tokens per second, burst 20
@@ -21,20 +20,87 @@
 // existing bucket whose parameters differ is updated in place, so a policy
 // reload or a per-user tier applies to keys that already have a bucket.
 //
-// A refused Reserve spends nothing: the token is reserved, the delay read
-// from the reservation (that delay is Result.RetryAfter, the bucket's real
-// refill time) and the reservation cancelled, all under the shard lock. A
-// Reservation's Cancel has the semantics of rate.Reservation.CancelAt:
-// when other tokens were taken from the same bucket in between, it restores
-// less than a whole token. That errs toward admitting fewer, never more.
+// The whole algorithm is in table.go: the token arithmetic, the unlocked
+// LRU of one shard, and the sharded, locked Table around it.
+//
+// # Arithmetic
+//
+// A bucket is two numbers, its tokens and the time they were counted, and
+// follows golang.org/x/time/rate for everything the table does with it
+// (the differential test in differential_test.go runs random sequences
+// against a rate.Limiter: results and token counts agree to the bit in most
+// steps and within a few units in the last place in the others):
+//
+//   - tokens refill at the limit per second, up to the burst; a new bucket
+//     starts with the burst;
+//   - a reservation of one token succeeds when the bucket holds one at now
+//     (ReserveN(now, 1) with a zero delay); a limit of rate.Inf always
+//     succeeds and counts nothing;
+//   - a refused reservation spends nothing, and Result.RetryAfter is the
+//     delay x/time/rate's reservation would have had: (1 - tokens) / limit,
+//     rate.InfDuration for a limit of zero or a burst below one;
+//   - a new limit or burst is applied as SetLimitAt and SetBurstAt do: the
+//     tokens are counted up to now under the old parameters, then the new
+//     ones apply (a raised burst fills at the rate, not at once).
+//
+// # Giving a token back
+//
+// [Reservation.Cancel] at the reservation's time gives the token back,
+// capped at the burst. When nothing happened to the bucket at a later time
+// (other reservations at the same instant are fine: the usual case, where
+// a handshake is refused by another rule right away), this is exact: the
+// bucket is as if the reservation had not been made, whatever else was
+// granted or refused meanwhile. (x/time/rate's CancelAt restores less after
+// a refused reservation, taken and cancelled: it keeps that reservation's
+// would-be time as its last event and deducts the refill up to it.)
+//
+// When the bucket has been used at a later time L since (its shard's clock
+// moved on), a whole token could give more than if the reservation had not
+// been made: the bucket may have reached its burst in between, where the
+// token would have been lost anyway. (Burst 2, one token per second: a
+// reservation at 0.5s takes 1.5 to 0.5; one at 1.3s takes 1.3 to 0.3.
+// Without the first, the bucket holds 2 at 1s and 1 after the second; a
+// whole token back would make 1.3.) So Cancel then gives back one token
+// minus the refill between the reservation and L, x/time/rate's rule,
+// possibly nothing: the bucket then never holds more tokens than it would
+// have without the reservation, all other decisions standing (the
+// differential test checks this against a replay without it). CancelAt at
+// the reservation's time, as this package used to call it, also moves the
+// limiter's clock back to that time and counts the refill since twice,
+// which can give more.
+//
+// When the bucket has since been dropped, moved by Resize, or given a new
+// limit or burst, Cancel gives nothing back. Every case errs toward
+// admitting fewer, never more. A Reservation names its bucket by shard,
+// slot and generation, so Cancel never adds a token to another key's bucket
+// that took over the slot.
 //
 // # Time
 //
-// Time is a parameter: the Table never reads the clock. Each shard keeps the
-// latest time it was given and takes an earlier time as that one, because
-// x/time/rate would otherwise count the refill between the two times twice
-// when two callers' clocks are read in one order and their calls run in the
-// other.
+// Time is a parameter: the Table never reads the clock (except once, in
+// New, for an epoch). Times are kept as nanoseconds since that epoch,
+// computed by time.Time.Sub, which uses the monotonic clock readings that
+// time.Now gives: a step of the wall clock neither refills nor freezes the
+// buckets. Times must lie within about 292 years of the epoch.
+//
+// Each shard keeps the latest time it was given and takes an earlier time
+// as that one, because a bucket would otherwise count the refill between
+// the two times twice when two callers' clocks are read in one order and
+// their calls run in the other. Result.RetryAfter is measured from the
+// caller's now all the same.
+//
+// # Keys and hashes
+//
+// The table identifies a bucket by the 64-bit hash of its key, not by the
+// key: it stores 8 bytes per key whatever the key's size, and never
+// compares keys. Two keys whose hashes collide share one bucket. With a
+// hash seeded at random per process (hash/maphash), an attacker cannot aim
+// at a collision, and the chance of any among n keys is about n²/2⁶⁵:
+// 3×10⁻¹⁰ for 100,000 keys, 3×10⁻⁸ for a million. A new key lands in the
+// bucket of one held by a table of MaxKeys with chance MaxKeys/2⁶⁴ (5×10⁻¹⁵
+// at 100,000). Keys that share a bucket share its tokens, so they get fewer
+// handshakes together, not more (if their limits differ, as with per-user
+// tiers, the bucket refills at whichever limit the last call passed).
 //
 // # Bounded memory and the full table
 //
@@ -43,7 +109,8 @@
 // (a client that just spent its burst), and a table that drops them lets
 // that client start afresh. When a key without a bucket arrives at a full
 // table, the table first drops the least recently used bucket if it has
-// refilled. If it has not, the table does what Options.RefuseWhenFull says:
+// refilled (not counted as an eviction). If it has not, the table does what
+// Options.RefuseWhenFull says:
 //
 //   - false (the default): evict the least recently used bucket anyway and
 //     count it in [Table.Evictions]. Every key keeps being served; under a
@@ -56,6 +123,17 @@
 // Both are deliberate choices, unlike nginx's limit_req/limit_conn, which
 // fail every request that needs a new entry once the zone is full.
 //
+// A bucket takes a 48-byte slot (hash, tokens, time, limit, burst,
+// generation, and the two links of the LRU list) and an entry of a Go map
+// from hash to slot. Slots are allocated as buckets arrive, doubling up to
+// the shard's capacity and never past it, and a slot is reused at once by
+// the bucket that displaces its own, so a full table allocates nothing. A
+// full table holds about 75-90 bytes per bucket; after long churn of
+// distinct keys the maps settle at up to about 100 bytes per bucket, about
+// 10 MB for MaxKeys 100,000 (BenchmarkMemoryPerKey; the baseline map of
+// rate.Limiters measured beside it takes about 230 bytes per key, without
+// a bound).
+//
 // The table is split into shards, each its own LRU with a fixed share of
 // MaxKeys; the shares add up to exactly MaxKeys, so Len never exceeds it.
 // The price of an exact bound without a global lock: a shard can be full
@@ -64,20 +142,19 @@
 // filled with 100,000 keys holds about 99% of them; of 1,000,000, about
 // 99.6%. Small tables use fewer shards (at least 64 buckets per shard) to
 // keep the eviction order close to a global LRU. [Table.Resize] keeps the
-// shards when the new size allows the same number and otherwise moves the
-// buckets into a new set of shards. A bucket is never reused for
-// another key once dropped: a Reservation still points at it, and its
-// Cancel must not add a token to somebody else's bucket.
+// shards when the new size allows the same number (moving a shrunk shard's
+// buckets into smaller slots) and otherwise moves the buckets into a new
+// set of shards.
 //
 // # Concurrency
 //
 // A Table is safe for concurrent use by multiple goroutines. Keys are spread
-// over up to 64 shards by the hash function given to [New]; each shard is a
-// mutex around an unlocked LRU of buckets, padded so that neighbouring
-// shards do not share a cache line. Reserve and Tokens lock one shard; Len
-// and Evictions visit the shards one after another, so under concurrent
-// use their result is not a snapshot of one instant. Resize locks the
-// shards one by one, or all of them while it moves buckets to a new set of
-// shards. A Reservation
-// may be cancelled from any goroutine; Cancel locks only its bucket.
+// over up to 64 shards by their hash; each shard is a mutex around an
+// unlocked LRU of buckets, padded to whole cache lines so that neighbouring
+// shards do not share one. Reserve and Tokens lock one shard; Len and
+// Evictions visit the shards one after another, so under concurrent use
+// their result is not a snapshot of one instant. Resize locks the shards
+// one by one, or all of them while it moves buckets to a new set of
+// shards. A Reservation may be cancelled from any goroutine; Cancel locks
+// only its bucket's shard.
 package buckets

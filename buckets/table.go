@@ -1,13 +1,25 @@
 package buckets
 
+// This file holds the whole algorithm, in three layers:
+//
+//   - token arithmetic on one bucket (slot.tokensAt, slot.take, slot.set
+//     and durationFromTokens), which follows golang.org/x/time/rate line
+//     for line for the one-token reservations the table makes;
+//   - lru, the unlocked core: the buckets of one shard, an index from a
+//     key's hash to a slot, and an intrusive least-recently-used list
+//     threaded through the slots;
+//   - shard, shardSet and Table: a mutex around each lru, the shards of
+//     one MaxKeys, and the exported API.
+
 import (
 	"cmp"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"golang.org/x/time/rate"
 )
 
@@ -22,9 +34,12 @@ const (
 	// more than one shard: each shard is an LRU of its own, and an LRU of a
 	// handful of entries would evict almost at random.
 	minShardKeys = 64
-	// cacheLine is the padding between the hot fields of neighbouring
-	// shards, so that two cores locking two shards do not share a line.
+	// cacheLine is the unit shards are padded to, so that two cores
+	// locking two shards do not share a line.
 	cacheLine = 64
+	// firstSlots is the number of slots a shard allocates on its first
+	// bucket; the slots then double on demand up to the shard's capacity.
+	firstSlots = 16
 )
 
 // Options configures a Table. The zero value is a table of DefaultMaxKeys
@@ -55,168 +70,361 @@ type Result struct {
 }
 
 // Reservation is a token taken by Table.Reserve, which Cancel gives back.
-// It is a small value; its zero value is a reservation of nothing, whose
-// Cancel does nothing.
+// It is a small value that names the bucket's slot, the generation of the
+// bucket in it and the time the token was taken; its zero value is a
+// reservation of nothing, whose Cancel does nothing.
 type Reservation struct {
-	r  rate.Reservation
-	at time.Time // the time the token was taken
+	s   *shard
+	at  int64  // when the token was taken, in nanoseconds since the table's epoch
+	i   int32  // the bucket's slot
+	gen uint32 // the bucket's generation; the slot may hold another since
 }
 
-// Cancel gives the token back to its bucket, as rate.Reservation.CancelAt
-// does. Call it with the time given to Reserve (or an earlier one, which is
-// taken as that time): at a later time the token counts as used and Cancel
-// does nothing.
+// Cancel gives the token back to its bucket. Call it with the time given
+// to Reserve (or an earlier one, which is taken as that time): at a later
+// time the token counts as used and Cancel does nothing.
 //
-// If other tokens were taken from the bucket after this one, Cancel
-// restores less than one token; and if the bucket has since been dropped
-// from the table, the token is not restored at all. Both err toward
-// admitting fewer, never more. Cancel a reservation at most once: like
-// CancelAt, a second Cancel of the same reservation (or of a copy) gives
-// the token back again.
+// When nothing happened to the bucket at a later time than the
+// reservation, Cancel restores the whole token (capped at the burst), and
+// the bucket is exactly as if the reservation had not been made. When the
+// bucket has since been used at a later time (the shard's clock moved on),
+// Cancel restores the token minus what the bucket refilled in between, as
+// rate.Reservation.CancelAt does, which may be nothing; when the bucket
+// has since been dropped or moved, or its limit or burst changed, it
+// restores nothing. These err toward admitting fewer, never more (see
+// "Giving a token back" in the package documentation). Cancel a
+// reservation at most once: a second Cancel of the same reservation (or of
+// a copy) gives the token back again.
 func (r Reservation) Cancel(now time.Time) {
-	if now.Before(r.at) {
-		now = r.at
+	if r.s == nil || since(now, r.s.epoch) > r.at {
+		return
 	}
-	r.r.CancelAt(now)
+	r.s.mu.Lock()
+	r.s.cancel(r.i, r.gen, r.at)
+	r.s.mu.Unlock()
 }
 
-// take reserves one token from lim at now, and cancels the reservation at
-// once if the token is not available now. Its caller holds the shard lock,
-// so between the reservation and its cancellation no other token is taken
-// from lim, and a refusal spends nothing.
-func take(lim *rate.Limiter, now time.Time) (Reservation, Result) {
-	r := lim.ReserveN(now, 1)
-	if !r.OK() {
-		return Reservation{}, Result{RetryAfter: rate.InfDuration}
-	}
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return Reservation{}, Result{RetryAfter: d}
-	}
-	return Reservation{r: *r, at: now}, Result{OK: true}
+// since returns t as nanoseconds since epoch. time.Time.Sub uses the
+// monotonic clock readings when both times have one (time.Now's do), so a
+// step of the wall clock neither refills nor freezes the buckets; it
+// saturates at about ±292 years.
+func since(t, epoch time.Time) int64 { return int64(t.Sub(epoch)) }
+
+// slot is one bucket: 48 bytes. Buckets are identified by the hash of their
+// key, not the key; see "Keys and hashes" in the package documentation.
+type slot struct {
+	hash   uint64     // the key's hash; the index maps it to this slot
+	tokens float64    // the tokens at last
+	last   int64      // the bucket's latest update, in ns since the epoch
+	limit  rate.Limit // tokens per second
+	burst  int32
+	gen    uint32 // changes whenever the slot gets a bucket or new parameters
+	prev   int32  // neighbours in the LRU list; slot 0 is its sentinel
+	next   int32
 }
 
-// refilled reports whether lim is full at now: such a bucket behaves
-// exactly like a new one, so dropping it loses nothing.
-func refilled(lim *rate.Limiter, now time.Time) bool {
-	return lim.TokensAt(now) >= float64(lim.Burst())
+// tokensAt returns the tokens in b at t, as rate.Limiter.advance computes
+// them: t before the last update counts as the last update.
+func (b *slot) tokensAt(t int64) float64 {
+	tokens := b.tokens
+	if b.limit > 0 && t > b.last {
+		elapsed := time.Duration(t - b.last)
+		if elapsed < 0 { // more than 292 years
+			elapsed = math.MaxInt64
+		}
+		tokens += elapsed.Seconds() * float64(b.limit)
+	}
+	if burst := float64(b.burst); tokens > burst {
+		tokens = burst
+	}
+	return tokens
 }
 
-// bucketLRU is the unlocked core of a Table: the buckets of one shard, at
-// most capacity of them, least recently used first out. Every method
-// requires the shard's lock.
-type bucketLRU[K comparable] struct {
-	lru       *simplelru.LRU[K, *rate.Limiter]
+// set gives b a new limit and burst at t, like rate.Limiter's SetLimitAt
+// and SetBurstAt: the tokens are brought to t under the old parameters.
+func (b *slot) set(t int64, limit rate.Limit, burst int32) {
+	b.tokens = b.tokensAt(t)
+	b.last = t
+	b.limit = limit
+	b.burst = burst
+}
+
+// take takes one token from b at t if it holds one, as ReserveN(t, 1)
+// would, followed by CancelAt(t) when the reservation's delay is not zero:
+// a refused take spends nothing and returns that delay.
+func (b *slot) take(t int64) Result {
+	if b.limit == rate.Inf {
+		return Result{OK: true} // x/time/rate neither counts nor needs tokens
+	}
+	if b.burst < 1 {
+		return Result{RetryAfter: rate.InfDuration} // never: n > burst
+	}
+	tokens := b.tokensAt(t)
+	b.last = t
+	left := tokens - 1
+	var wait time.Duration
+	if left < 0 {
+		wait = durationFromTokens(-left, b.limit)
+	}
+	if wait == 0 { // x/time/rate grants a deficit worth less than 1 ns too
+		b.tokens = left
+		return Result{OK: true}
+	}
+	b.tokens = tokens
+	return Result{RetryAfter: wait}
+}
+
+// durationFromTokens is the time limit takes to produce tokens, as
+// rate.Limit.durationFromTokens computes it.
+func durationFromTokens(tokens float64, limit rate.Limit) time.Duration {
+	if limit <= 0 {
+		return rate.InfDuration
+	}
+	d := tokens / float64(limit) * float64(time.Second)
+	if d > float64(math.MaxInt64) {
+		return rate.InfDuration
+	}
+	return time.Duration(d)
+}
+
+// refilled reports whether b is full at t: such a bucket behaves exactly
+// like a new one, so dropping it loses nothing.
+func (b *slot) refilled(t int64) bool {
+	return b.tokensAt(t) >= float64(b.burst)
+}
+
+// lru is the unlocked core of a Table: the buckets of one shard, at most
+// capacity of them, least recently used first out. Every method requires
+// the shard's lock.
+//
+// The buckets live in slots[1:], in no particular order; slots[0] is the
+// sentinel of a circular doubly linked list through prev and next, most
+// recently used first. A slot, once it holds a bucket, always holds one:
+// a bucket is only dropped to make room for another, which takes its slot
+// at once, so the table needs no free list. Shrinking the capacity builds
+// a new lru instead.
+type lru struct {
+	index     map[uint64]int32 // key hash to slot
+	slots     []slot           // grown on demand up to capacity+1
 	capacity  int
-	clock     time.Time // the latest time seen; earlier times are taken as it
-	evictions uint64    // buckets dropped before they had refilled
+	clock     int64  // the latest time seen; earlier times are taken as it
+	evictions uint64 // buckets dropped before they had refilled
+	gens      uint32 // the last generation handed out; 0 is never used
 }
 
-func newBucketLRU[K comparable](capacity int, clock time.Time) bucketLRU[K] {
-	// The size given to simplelru is only its own limit; bucketLRU makes
-	// room itself before every Add, so simplelru never evicts silently.
-	lru, err := simplelru.NewLRU[K, *rate.Limiter](capacity, nil)
-	if err != nil {
-		panic("buckets: " + err.Error()) // capacity >= 1 by construction
+func newLRU(capacity int, clock int64, gens uint32) lru {
+	return lru{
+		index:    make(map[uint64]int32),
+		slots:    make([]slot, 1, 1+min(capacity, firstSlots-1)),
+		capacity: capacity,
+		clock:    clock,
+		gens:     gens,
 	}
-	return bucketLRU[K]{lru: lru, capacity: capacity, clock: clock}
+}
+
+func (c *lru) len() int { return len(c.slots) - 1 }
+
+func (c *lru) nextGen() uint32 {
+	c.gens++
+	if c.gens == 0 {
+		c.gens = 1
+	}
+	return c.gens
 }
 
 // advance moves the clock to now and returns the time to act at: now, or
 // the clock if now is earlier. x/time/rate counts the time between a
 // bucket's last update and now twice if now goes back; a monotone clock per
 // shard rules that out.
-func (b *bucketLRU[K]) advance(now time.Time) time.Time {
-	if now.Before(b.clock) {
-		return b.clock
+func (c *lru) advance(now int64) int64 {
+	if now < c.clock {
+		return c.clock
 	}
-	b.clock = now
+	c.clock = now
 	return now
 }
 
-// reserve is Table.Reserve for the keys of this shard.
-func (b *bucketLRU[K]) reserve(k K, now time.Time, limit rate.Limit, burst int, refuse bool) (Reservation, Result) {
-	at := b.advance(now)
-	res, r := b.reserveAt(k, at, limit, burst, refuse)
-	if r.RetryAfter > 0 && r.RetryAfter != rate.InfDuration {
-		r.RetryAfter += at.Sub(now) // from the caller's now
-	}
-	return res, r
-}
-
-func (b *bucketLRU[K]) reserveAt(k K, now time.Time, limit rate.Limit, burst int, refuse bool) (Reservation, Result) {
-	if lim, ok := b.lru.Get(k); ok {
+// reserve is Table.Reserve for the keys of this shard. It returns the time
+// it acted at, and the slot and generation of a token to give back (zero
+// when there is none: refused, or a limit of rate.Inf).
+func (c *lru) reserve(h uint64, now int64, limit rate.Limit, burst int32, refuse bool) (at int64, i int32, gen uint32, r Result) {
+	at = c.advance(now)
+	if i, ok := c.index[h]; ok {
+		b := &c.slots[i]
+		c.touch(i)
 		// Policy reloads and per-user tiers reach existing buckets here.
-		if lim.Limit() != limit {
-			lim.SetLimitAt(now, limit)
+		// Tokens taken under the old parameters cannot be given back.
+		if b.limit != limit || b.burst != burst {
+			b.set(at, limit, burst)
+			b.gen = c.nextGen()
 		}
-		if lim.Burst() != burst {
-			lim.SetBurstAt(now, burst)
+		if r = b.take(at); !r.OK || limit == rate.Inf {
+			return at, 0, 0, r
 		}
-		return take(lim, now)
+		return at, i, b.gen, r
 	}
 
-	full := b.lru.Len() >= b.capacity
-	if full {
-		if _, oldest, _ := b.lru.GetOldest(); refilled(oldest, now) {
-			b.lru.RemoveOldest() // no state lost: not an eviction
-			full = false
-		} else if refuse {
-			return Reservation{}, Result{Full: true}
+	// A new bucket starts full, so the take succeeds unless the burst is
+	// below one; then no bucket is made and nothing is evicted.
+	if limit != rate.Inf && burst < 1 {
+		return at, 0, 0, Result{RetryAfter: rate.InfDuration}
+	}
+	i = c.insert(h, at, refuse)
+	if i == 0 {
+		return at, 0, 0, Result{Full: true}
+	}
+	b := &c.slots[i]
+	b.tokens, b.last, b.limit, b.burst, b.gen = float64(burst), at, limit, burst, c.nextGen()
+	if r = b.take(at); limit == rate.Inf {
+		return at, 0, 0, r
+	}
+	return at, i, b.gen, r
+}
+
+// insert links a slot for h at the front of the list and returns it; its
+// bucket fields are the caller's to fill. When the shard is full, the least
+// recently used bucket gives up its slot: silently if it has refilled at
+// at, else counted as an eviction, or, when refuse is set, not at all:
+// insert then returns 0.
+func (c *lru) insert(h uint64, at int64, refuse bool) int32 {
+	var i int32
+	if c.len() < c.capacity {
+		i = c.grow()
+	} else {
+		i = c.slots[0].prev // the least recently used
+		oldest := &c.slots[i]
+		if !oldest.refilled(at) {
+			if refuse {
+				return 0
+			}
+			c.evictions++
+		}
+		delete(c.index, oldest.hash)
+		c.unlink(i)
+	}
+	c.slots[i].hash = h
+	c.index[h] = i
+	c.pushFront(i)
+	return i
+}
+
+// grow appends a slot, doubling the slots' room when needed but never past
+// capacity+1, so that a full shard holds no spare room.
+func (c *lru) grow() int32 {
+	n := len(c.slots)
+	if n == cap(c.slots) {
+		grown := make([]slot, n, min(2*n, c.capacity+1))
+		copy(grown, c.slots)
+		c.slots = grown
+	}
+	c.slots = c.slots[:n+1]
+	return int32(n)
+}
+
+// touch moves slot i to the front of the list.
+func (c *lru) touch(i int32) {
+	if c.slots[0].next != i {
+		c.unlink(i)
+		c.pushFront(i)
+	}
+}
+
+func (c *lru) unlink(i int32) {
+	p, n := c.slots[i].prev, c.slots[i].next
+	c.slots[p].next = n
+	c.slots[n].prev = p
+}
+
+func (c *lru) pushFront(i int32) {
+	first := c.slots[0].next
+	c.slots[i].prev, c.slots[i].next = 0, first
+	c.slots[first].prev = i
+	c.slots[0].next = i
+}
+
+// cancel gives back a token taken from slot i at at, if the slot still
+// holds that bucket with the parameters it had then (generation gen): the
+// whole token, capped at the burst, which is exact when the bucket has not
+// been updated at a later time since; else, updated at L, one token minus
+// the refill from at to L (x/time/rate's rule), which leaves the bucket with
+// no more than it would hold without the reservation. See "Giving a token
+// back" in the package documentation.
+func (c *lru) cancel(i int32, gen uint32, at int64) {
+	if int(i) >= len(c.slots) || c.slots[i].gen != gen {
+		return
+	}
+	b := &c.slots[i]
+	restore := 1.0
+	if b.last > at && b.limit > 0 {
+		restore -= time.Duration(b.last-at).Seconds() * float64(b.limit)
+		if restore <= 0 {
+			return
 		}
 	}
-	// A new bucket starts full. It is only kept if the token is granted:
-	// a refusal (burst below one) leaves no state and evicts nothing.
-	lim := rate.NewLimiter(limit, burst)
-	res, r := take(lim, now)
-	if !r.OK {
-		return res, r
-	}
-	if full {
-		b.lru.RemoveOldest()
-		b.evictions++
-	}
-	b.lru.Add(k, lim)
-	return res, r
+	b.tokens = min(b.tokens+restore, float64(b.burst))
 }
 
-// add inserts a bucket moved from another shard, making room as resize does.
-func (b *bucketLRU[K]) add(k K, lim *rate.Limiter) {
-	if b.lru.Len() >= b.capacity {
-		b.dropOldest()
+// peek returns the slot of h, or nil; it does not count as a use.
+func (c *lru) peek(h uint64) *slot {
+	if i, ok := c.index[h]; ok {
+		return &c.slots[i]
 	}
-	b.lru.Add(k, lim)
+	return nil
 }
 
-// resize sets the capacity, dropping the least recently used buckets that
-// no longer fit.
-func (b *bucketLRU[K]) resize(capacity int) {
-	for b.lru.Len() > capacity {
-		b.dropOldest()
+// oldestFirst returns the buckets from least to most recently used.
+func (c *lru) oldestFirst() []slot {
+	out := make([]slot, 0, c.len())
+	for i := c.slots[0].prev; i != 0; i = c.slots[i].prev {
+		out = append(out, c.slots[i])
 	}
-	b.lru.Resize(capacity)
-	b.capacity = capacity
+	return out
 }
 
-// dropOldest drops the least recently used bucket, counting it as an
-// eviction unless it had refilled at the latest time the shard has seen.
-func (b *bucketLRU[K]) dropOldest() {
-	if _, lim, ok := b.lru.RemoveOldest(); ok && !refilled(lim, b.clock) {
-		b.evictions++
-	}
+// add inserts a bucket moved from another lru, making room as Reserve does
+// in evict mode at the latest time the shard has seen. The bucket gets a
+// new generation: reservations of it from before the move give nothing
+// back.
+func (c *lru) add(b slot) {
+	i := c.insert(b.hash, c.clock, false)
+	s := &c.slots[i]
+	s.tokens, s.last, s.limit, s.burst, s.gen = b.tokens, b.last, b.limit, b.burst, c.nextGen()
 }
 
-// shard is one lock and its buckets.
-type shard[K comparable] struct {
+// resized returns c with the given capacity. A larger capacity keeps the
+// slots (and outstanding reservations); a smaller one moves the most
+// recently used buckets that fit into new, smaller slots, counting the
+// others as evictions unless they had refilled at the shard's clock.
+func (c *lru) resized(capacity int) lru {
+	if capacity >= c.len() && cap(c.slots) <= capacity+1 {
+		c.capacity = capacity
+		return *c
+	}
+	next := newLRU(capacity, c.clock, c.gens)
+	next.evictions = c.evictions
+	for _, b := range c.oldestFirst() {
+		next.add(b)
+	}
+	return next
+}
+
+// shardState is one lock and its buckets.
+type shardState struct {
 	mu      sync.Mutex
-	retired bool // replaced by Resize: look the shard up again
-	bucketLRU[K]
-	_ [cacheLine]byte
+	retired bool      // replaced by Resize: look the shard up again
+	epoch   time.Time // the table's; read-only
+	lru
+}
+
+// shard is a shardState padded to whole cache lines.
+type shard struct {
+	shardState
+	_ [cacheLine - unsafe.Sizeof(shardState{})%cacheLine]byte
 }
 
 // shardSet is the shards of a Table for one MaxKeys.
-type shardSet[K comparable] struct {
-	shards  []shard[K]
+type shardSet struct {
+	shards  []shard
 	mask    uint64 // len(shards) - 1
 	maxKeys int
 	carried uint64 // evictions counted by shard sets this one replaced
@@ -243,16 +451,17 @@ func shardCapacity(maxKeys, n, i int) int {
 	return c
 }
 
-func newShardSet[K comparable](maxKeys int, clock time.Time, carried uint64) *shardSet[K] {
+func newShardSet(maxKeys int, epoch time.Time, clock int64, carried uint64) *shardSet {
 	n := shardCount(maxKeys)
-	s := &shardSet[K]{
-		shards:  make([]shard[K], n),
+	s := &shardSet{
+		shards:  make([]shard, n),
 		mask:    uint64(n - 1),
 		maxKeys: maxKeys,
 		carried: carried,
 	}
 	for i := range s.shards {
-		s.shards[i].bucketLRU = newBucketLRU[K](shardCapacity(maxKeys, n, i), clock)
+		s.shards[i].epoch = epoch
+		s.shards[i].lru = newLRU(shardCapacity(maxKeys, n, i), clock, 0)
 	}
 	return s
 }
@@ -263,19 +472,22 @@ func newShardSet[K comparable](maxKeys int, clock time.Time, carried uint64) *sh
 type Table[K comparable] struct {
 	hash     func(K) uint64
 	refuse   bool
-	resizeMu sync.Mutex // serialises Resize
-	set      atomic.Pointer[shardSet[K]]
+	epoch    time.Time // times are kept as nanoseconds since the epoch
+	resizeMu sync.Mutex
+	set      atomic.Pointer[shardSet]
 }
 
-// New returns an empty Table that spreads keys over its shards by hash.
-// hash must be deterministic and well mixed in its low bits (a maphash
-// under a per-process seed is); it must not be nil.
+// New returns an empty Table. hash identifies each key's bucket and spreads
+// the keys over the shards: it must be deterministic, well mixed in all its
+// bits, and seeded per process (a maphash under a random seed is), because
+// two keys with the same hash share one bucket (see the package
+// documentation). It must not be nil.
 func New[K comparable](opts Options, hash func(K) uint64) *Table[K] {
 	if hash == nil {
 		panic("buckets: New with a nil hash function")
 	}
-	t := &Table[K]{hash: hash, refuse: opts.RefuseWhenFull}
-	t.set.Store(newShardSet[K](orDefault(opts.MaxKeys), time.Time{}, 0))
+	t := &Table[K]{hash: hash, refuse: opts.RefuseWhenFull, epoch: time.Now()}
+	t.set.Store(newShardSet(orDefault(opts.MaxKeys), t.epoch, math.MinInt64, 0))
 	return t
 }
 
@@ -286,9 +498,8 @@ func orDefault(maxKeys int) int {
 	return maxKeys
 }
 
-// lock returns k's shard, locked.
-func (t *Table[K]) lock(k K) *shard[K] {
-	h := t.hash(k)
+// lock returns the shard of hash h, locked.
+func (t *Table[K]) lock(h uint64) *shard {
 	for {
 		set := t.set.Load()
 		s := &set.shards[h&set.mask]
@@ -300,12 +511,19 @@ func (t *Table[K]) lock(k K) *shard[K] {
 	}
 }
 
+// clampBurst stores bursts in 32 bits: a burst above math.MaxInt32 is taken
+// as math.MaxInt32.
+func clampBurst(burst int) int32 {
+	return int32(min(max(burst, math.MinInt32), math.MaxInt32))
+}
+
 // Reserve takes one token from k's bucket at now, creating the bucket (full,
 // burst tokens) if k has none. limit and burst are the bucket's parameters,
 // passed on every call: an existing bucket with other parameters is updated
-// at now first (rate.Limiter.SetLimitAt, SetBurstAt), which is how a policy
-// reload or a per-user tier reaches it. A raised burst does not fill the
-// bucket at once; it refills at the rate.
+// at now first (as rate.Limiter.SetLimitAt and SetBurstAt do), which is how
+// a policy reload or a per-user tier reaches it. A raised burst does not
+// fill the bucket at once; it refills at the rate. A burst above
+// math.MaxInt32 is taken as math.MaxInt32.
 //
 // When the result is OK, the Reservation gives the token back if the
 // caller's other checks fail. Otherwise nothing was spent and the
@@ -314,23 +532,34 @@ func (t *Table[K]) lock(k K) *shard[K] {
 // otherwise the table evicts it (counted by Evictions) or, in refuse mode,
 // returns Result.Full.
 func (t *Table[K]) Reserve(k K, now time.Time, limit rate.Limit, burst int) (Reservation, Result) {
-	s := t.lock(k)
-	res, r := s.reserve(k, now, limit, burst, t.refuse)
+	h := t.hash(k)
+	n := since(now, t.epoch)
+	s := t.lock(h)
+	at, i, gen, r := s.reserve(h, n, limit, clampBurst(burst), t.refuse)
 	s.mu.Unlock()
-	return res, r
+	if r.RetryAfter > 0 && r.RetryAfter != rate.InfDuration && at > n {
+		// Measured from the caller's now, which the shard took as at.
+		if r.RetryAfter += time.Duration(at - n); r.RetryAfter < 0 {
+			r.RetryAfter = rate.InfDuration
+		}
+	}
+	if gen == 0 {
+		return Reservation{}, r
+	}
+	return Reservation{s: s, at: at, i: i, gen: gen}, r
 }
 
 // Tokens returns the tokens in k's bucket at now, and false if k has no
 // bucket (a key without a bucket would start with a full one). It does not
 // count as a use of the bucket.
 func (t *Table[K]) Tokens(k K, now time.Time) (float64, bool) {
-	s := t.lock(k)
-	lim, ok := s.lru.Peek(k)
-	s.mu.Unlock()
-	if !ok {
-		return 0, false
+	h := t.hash(k)
+	s := t.lock(h)
+	defer s.mu.Unlock()
+	if b := s.peek(h); b != nil {
+		return b.tokensAt(since(now, t.epoch)), true
 	}
-	return lim.TokensAt(now), true
+	return 0, false
 }
 
 // Len returns the number of buckets the table holds, never more than its
@@ -341,7 +570,7 @@ func (t *Table[K]) Len() int {
 	for i := range set.shards {
 		s := &set.shards[i]
 		s.mu.Lock()
-		n += s.lru.Len()
+		n += s.len()
 		s.mu.Unlock()
 	}
 	return n
@@ -365,11 +594,15 @@ func (t *Table[K]) Evictions() uint64 {
 // Resize sets the table's MaxKeys (zero or less: DefaultMaxKeys), dropping
 // the least recently used buckets that no longer fit. Resize takes no time:
 // a dropped bucket counts as an eviction unless it had refilled at the
-// latest time the table has seen.
+// latest time its shard has seen.
 //
-// When the new size calls for another number of shards, Resize moves every
-// bucket into a new set of shards, holding every shard lock meanwhile; the
-// order of use is kept within each old shard and approximated across them.
+// When the new size calls for the same number of shards, Resize resizes
+// them one by one; a shrunk shard moves its buckets into smaller slots, so
+// that its memory shrinks too. When it calls for another number, Resize
+// moves every bucket into a new set of shards, holding every shard lock
+// meanwhile; the order of use is kept within each old shard and
+// approximated across them. Outstanding reservations of moved buckets give
+// nothing back.
 func (t *Table[K]) Resize(maxKeys int) {
 	maxKeys = orDefault(maxKeys)
 	t.resizeMu.Lock()
@@ -383,7 +616,7 @@ func (t *Table[K]) Resize(maxKeys int) {
 		for i := range old.shards {
 			s := &old.shards[i]
 			s.mu.Lock()
-			s.resize(shardCapacity(maxKeys, n, i))
+			s.lru = s.resized(shardCapacity(maxKeys, n, i))
 			s.mu.Unlock()
 		}
 		old.maxKeys = maxKeys // guarded by resizeMu
@@ -399,27 +632,24 @@ func (t *Table[K]) Resize(maxKeys int) {
 	// its place in the global order.
 	type moved struct {
 		rank float64
-		key  K
-		lim  *rate.Limiter
+		b    slot
 	}
 	var all []moved
-	var clock time.Time
+	clock := int64(math.MinInt64)
 	carried := old.carried
 	for i := range old.shards {
 		s := &old.shards[i]
-		if s.clock.After(clock) {
-			clock = s.clock
-		}
+		clock = max(clock, s.clock)
 		carried += s.evictions
-		keys, lims := s.lru.Keys(), s.lru.Values() // oldest first
-		for j, k := range keys {
-			all = append(all, moved{float64(j+1) / float64(len(keys)), k, lims[j]})
+		buckets := s.oldestFirst()
+		for j, b := range buckets {
+			all = append(all, moved{float64(j+1) / float64(len(buckets)), b})
 		}
 	}
 	slices.SortStableFunc(all, func(a, b moved) int { return cmp.Compare(a.rank, b.rank) })
-	next := newShardSet[K](maxKeys, clock, 0)
+	next := newShardSet(maxKeys, t.epoch, clock, 0)
 	for _, m := range all {
-		next.shards[t.hash(m.key)&next.mask].add(m.key, m.lim)
+		next.shards[m.b.hash&next.mask].add(m.b)
 	}
 	for i := range next.shards {
 		carried += next.shards[i].evictions
@@ -428,7 +658,9 @@ func (t *Table[K]) Resize(maxKeys int) {
 	next.carried = carried
 	t.set.Store(next)
 	for i := range old.shards {
-		old.shards[i].retired = true
-		old.shards[i].mu.Unlock()
+		s := &old.shards[i]
+		s.retired = true
+		s.lru = lru{} // frees the slots; Cancel finds none
+		s.mu.Unlock()
 	}
 }
