@@ -73,16 +73,20 @@ func (k Key) String() string {
 	}
 }
 
-// Hash returns a hash of k under seed, for sharding. It does not allocate.
+// Hash returns a hash of k under seed, for sharding and for identifying
+// token buckets. Keys that differ in kind, address, prefix length or string
+// hash differently (up to 64-bit collisions). It does not allocate.
 func (k Key) Hash(seed maphash.Seed) uint64 {
-	var h maphash.Hash
-	h.SetSeed(seed)
 	var buf [18]byte
 	buf[0] = byte(k.Kind)
 	a := k.Prefix.Addr().As16()
 	copy(buf[1:17], a[:])
 	buf[17] = byte(k.Prefix.Bits())
-	h.Write(buf[:])
-	h.WriteString(k.Str)
-	return h.Sum64()
+	h := maphash.Bytes(seed, buf[:])
+	if k.Str != "" {
+		// Mix the string's own hash in; the multiplication keeps the
+		// combination from being symmetric.
+		h = h*0x9e3779b97f4a7c15 ^ maphash.String(seed, k.Str)
+	}
+	return h
 }
