@@ -28,55 +28,109 @@ type Entry[K comparable] struct {
 
 // counts is the unlocked core of a Counter: the slot counts of the keys of
 // one shard. Every method requires the shard's lock.
+//
+// Entries are found by the key's 64-bit hash (the same hash that picked the
+// shard), which keeps the map's own hashing cheap; the key is stored beside
+// its count and compared, so counts stay exact per key. The rare key whose
+// hash collides with a different key already present is counted in coll,
+// keyed by the key itself.
 type counts[K comparable] struct {
-	m     map[K]int32 // only counts > 0 are stored
-	total int         // sum of the values of m
-	peak  int         // the largest len(m) since m was made
+	m     map[uint64]entry[K] // only counts > 0 are stored
+	coll  map[K]int32         // colliding keys; nil until the first collision
+	total int                 // sum of all counts
+	peak  int                 // the largest len(m) since m was made
+}
+
+type entry[K comparable] struct {
+	k K
+	n int32
 }
 
 // acquire increments k's count if it is below limit.
-func (c *counts[K]) acquire(k K, limit int) bool {
-	n := c.m[k]
-	if int(n) >= limit {
-		return false
+func (c *counts[K]) acquire(k K, h uint64, limit int) bool {
+	if len(c.coll) > 0 {
+		if n, ok := c.coll[k]; ok {
+			if int(n) >= limit {
+				return false
+			}
+			c.coll[k] = n + 1
+			c.total++
+			return true
+		}
 	}
-	c.m[k] = n + 1
+	e, ok := c.m[h]
+	switch {
+	case !ok:
+		c.m[h] = entry[K]{k: k, n: 1}
+		if len(c.m) > c.peak {
+			c.peak = len(c.m)
+		}
+	case e.k == k:
+		if int(e.n) >= limit {
+			return false
+		}
+		e.n++
+		c.m[h] = e
+	default: // another key holds this hash: count k on its own
+		if c.coll == nil {
+			c.coll = make(map[K]int32)
+		}
+		c.coll[k] = 1
+	}
 	c.total++
-	if len(c.m) > c.peak {
-		c.peak = len(c.m)
-	}
 	return true
 }
 
 // release decrements k's count, deleting the entry at zero. It reports
 // false, changing nothing, if k holds no count.
-func (c *counts[K]) release(k K) bool {
-	n, ok := c.m[k]
+func (c *counts[K]) release(k K, h uint64) bool {
+	if e, ok := c.m[h]; ok && e.k == k {
+		c.total--
+		if e.n > 1 {
+			e.n--
+			c.m[h] = e
+			return true
+		}
+		delete(c.m, h)
+		if c.peak >= shrinkMin && len(c.m) <= c.peak/4 {
+			c.shrink()
+		}
+		return true
+	}
+	n, ok := c.coll[k]
 	if !ok {
 		return false
 	}
 	c.total--
 	if n > 1 {
-		c.m[k] = n - 1
-		return true
-	}
-	delete(c.m, k)
-	if c.peak >= shrinkMin && len(c.m) <= c.peak/4 {
-		c.shrink()
+		c.coll[k] = n - 1
+	} else {
+		delete(c.coll, k)
 	}
 	return true
+}
+
+// count returns k's count.
+func (c *counts[K]) count(k K, h uint64) int {
+	if e, ok := c.m[h]; ok && e.k == k {
+		return int(e.n)
+	}
+	return int(c.coll[k])
 }
 
 // shrink copies m into a map sized for its current length. Go maps keep
 // their storage when entries are deleted; without this, a shard would hold
 // memory for the most keys it ever had, not for the keys it has.
 func (c *counts[K]) shrink() {
-	m := make(map[K]int32, len(c.m))
-	for k, n := range c.m {
-		m[k] = n
+	m := make(map[uint64]entry[K], len(c.m))
+	for h, e := range c.m {
+		m[h] = e
 	}
 	c.m = m
 	c.peak = len(m)
+	if len(c.coll) == 0 {
+		c.coll = nil
+	}
 }
 
 // shard is one lock and its part of the counts.
@@ -102,13 +156,14 @@ func New[K comparable](hash func(K) uint64) *Counter[K] {
 	}
 	c := &Counter[K]{hash: hash}
 	for i := range c.shards {
-		c.shards[i].m = make(map[K]int32)
+		c.shards[i].m = make(map[uint64]entry[K])
 	}
 	return c
 }
 
-func (c *Counter[K]) shard(k K) *shard[K] {
-	return &c.shards[c.hash(k)&(numShards-1)]
+func (c *Counter[K]) shard(k K) (*shard[K], uint64) {
+	h := c.hash(k)
+	return &c.shards[h&(numShards-1)], h
 }
 
 // Acquire takes a slot for k if k holds fewer than limit slots, and
@@ -121,9 +176,9 @@ func (c *Counter[K]) Acquire(k K, limit int) bool {
 		return false
 	}
 	limit = min(limit, math.MaxInt32)
-	s := c.shard(k)
+	s, h := c.shard(k)
 	s.mu.Lock()
-	ok := s.acquire(k, limit)
+	ok := s.acquire(k, h, limit)
 	s.mu.Unlock()
 	return ok
 }
@@ -132,20 +187,20 @@ func (c *Counter[K]) Acquire(k K, limit int) bool {
 // reaches zero, and reports true. If k holds no slot, Release changes
 // nothing and reports false: a count never goes below zero.
 func (c *Counter[K]) Release(k K) bool {
-	s := c.shard(k)
+	s, h := c.shard(k)
 	s.mu.Lock()
-	ok := s.release(k)
+	ok := s.release(k, h)
 	s.mu.Unlock()
 	return ok
 }
 
 // Count returns the number of slots k holds.
 func (c *Counter[K]) Count(k K) int {
-	s := c.shard(k)
+	s, h := c.shard(k)
 	s.mu.Lock()
-	n := s.m[k]
+	n := s.count(k, h)
 	s.mu.Unlock()
-	return int(n)
+	return n
 }
 
 // Len returns the number of keys that hold at least one slot.
@@ -154,7 +209,7 @@ func (c *Counter[K]) Len() int {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		n += len(s.m)
+		n += len(s.m) + len(s.coll)
 		s.mu.Unlock()
 	}
 	return n
@@ -184,15 +239,11 @@ func (c *Counter[K]) Top(n int) []Entry[K] {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		for k, cnt := range s.m {
-			e := Entry[K]{Key: k, Count: int(cnt)}
-			switch {
-			case len(h) < n:
-				heap.Push(&h, e)
-			case e.Count > h[0].Count:
-				h[0] = e
-				heap.Fix(&h, 0)
-			}
+		for _, en := range s.m {
+			h.offer(n, Entry[K]{Key: en.k, Count: int(en.n)})
+		}
+		for k, cnt := range s.coll {
+			h.offer(n, Entry[K]{Key: k, Count: int(cnt)})
 		}
 		s.mu.Unlock()
 	}
@@ -203,6 +254,17 @@ func (c *Counter[K]) Top(n int) []Entry[K] {
 
 // minHeap keeps the n largest entries seen, the smallest at the root.
 type minHeap[K comparable] []Entry[K]
+
+// offer adds e if it is among the n largest seen so far.
+func (h *minHeap[K]) offer(n int, e Entry[K]) {
+	switch {
+	case len(*h) < n:
+		heap.Push(h, e)
+	case e.Count > (*h)[0].Count:
+		(*h)[0] = e
+		heap.Fix(h, 0)
+	}
+}
 
 func (h minHeap[K]) Len() int           { return len(h) }
 func (h minHeap[K]) Less(i, j int) bool { return h[i].Count < h[j].Count }
