@@ -29,6 +29,10 @@ type MemoryStore struct {
 var _ Store = (*MemoryStore)(nil)
 
 type memRule struct {
+	// global counts the slots of the global key: one hot counter every
+	// handshake touches, kept in an atomic rather than behind a shard lock.
+	global  atomic.Int64
+	_       [56]byte // keep global on its own cache line
 	conns   *concurrency.Counter[keys.Key]
 	mu      sync.Mutex // guards creation and resizing of buckets
 	buckets atomic.Pointer[buckets.Table[keys.Key]]
@@ -89,6 +93,38 @@ func (s *MemoryStore) rule(name string) *memRule {
 	return r
 }
 
+// acquire takes a slot for k under limit; exact under any interleaving.
+func (r *memRule) acquire(k keys.Key, limit int) bool {
+	if k.Kind != keys.KindGlobal {
+		return r.conns.Acquire(k, limit)
+	}
+	for {
+		n := r.global.Load()
+		if n >= int64(limit) {
+			return false
+		}
+		if r.global.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// release gives back one of k's slots; never below zero.
+func (r *memRule) release(k keys.Key) bool {
+	if k.Kind != keys.KindGlobal {
+		return r.conns.Release(k)
+	}
+	for {
+		n := r.global.Load()
+		if n <= 0 {
+			return false
+		}
+		if r.global.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
 func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 	want := int64(c.MaxKeys)
 	if want <= 0 {
@@ -127,7 +163,7 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 		c := &claims[i]
 		r := s.ruleFor(c)
 		if c.Conns > 0 {
-			if !r.conns.Acquire(c.Key, c.Conns) {
+			if !r.acquire(c.Key, c.Conns) {
 				s.undo(now, claims[:i], held[:i], res[:i])
 				return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
 			}
@@ -152,7 +188,7 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res []buckets.Reservation) {
 	for i := range claims {
 		if held[i] != nil {
-			held[i].conns.Release(claims[i].Key)
+			held[i].release(claims[i].Key)
 		}
 	}
 	for i := range res {
@@ -164,7 +200,7 @@ func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res [
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
 		if claims[i].Conns > 0 {
-			s.ruleFor(&claims[i]).conns.Release(claims[i].Key)
+			s.ruleFor(&claims[i]).release(claims[i].Key)
 		}
 	}
 	return nil
@@ -211,6 +247,10 @@ func (s *MemoryStore) Stats(rule string) RuleStats {
 		return RuleStats{}
 	}
 	st := RuleStats{Keys: r.conns.Len(), Connections: r.conns.Total()}
+	if g := int(r.global.Load()); g > 0 {
+		st.Keys++
+		st.Connections += g
+	}
 	if t := r.buckets.Load(); t != nil {
 		st.Buckets = t.Len()
 		st.Evictions = t.Evictions()
@@ -237,11 +277,15 @@ func (s *MemoryStore) TopKeys(rule string, n int) []KeyCount {
 		return nil
 	}
 	top := r.conns.Top(n)
-	out := make([]KeyCount, len(top))
-	for i, e := range top {
-		out[i] = KeyCount{Key: e.Key, Count: e.Count}
+	out := make([]KeyCount, 0, len(top)+1)
+	if g := int(r.global.Load()); g > 0 {
+		out = append(out, KeyCount{Key: keys.Global(), Count: g})
 	}
-	return out
+	for _, e := range top {
+		out = append(out, KeyCount{Key: e.Key, Count: e.Count})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Count > out[j].Count })
+	return out[:min(n, len(out))]
 }
 
 // Count returns the slots key holds under rule.
@@ -249,6 +293,9 @@ func (s *MemoryStore) Count(rule string, k keys.Key) int {
 	r, ok := (*s.rules.Load())[rule]
 	if !ok {
 		return 0
+	}
+	if k.Kind == keys.KindGlobal {
+		return int(r.global.Load())
 	}
 	return r.conns.Count(k)
 }
