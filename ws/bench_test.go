@@ -26,12 +26,14 @@ import (
 // Each iteration is a whole connection as a well-behaved client makes it:
 // Dial (TCP connect + HTTP upgrade), one echo ("ping" and back), then the
 // closing handshake (the client sends a close frame, reads the server's
-// reply) and Close. An iteration does not wait for the server to release
-// the connection's slots: a real server does that after the client has
-// gone, concurrently with the next handshake. But the timed region ends
-// only when every server handler has returned (and so every guarded
-// connection has been released), so all the server's work is in the
-// figures.
+// reply) and Close. In BenchmarkHandshake and BenchmarkHandshakeParallel an
+// iteration does not wait for the server to release the connection's
+// slots: a real server does that after the client has gone, concurrently
+// with the next handshake. But the timed region ends only when every server
+// handler has returned (and so every guarded connection has been released),
+// so all the server's work is in the figures. BenchmarkHandshakeAlternating
+// waits for the handler after each connection, to time each server's
+// connections apart.
 //
 // The unguarded server upgrades with a plain websocket.Upgrader; the
 // guarded one with ws.New under benchPolicy, whose limits are high enough
@@ -40,6 +42,10 @@ import (
 // Connections come from 8 loopback source addresses with
 // IP_BIND_ADDRESS_NO_PORT (see loopback_linux_test.go) so that sockets in
 // TIME_WAIT do not exhaust ephemeral ports over -count=10.
+//
+// Besides ns/op and handshakes/s (wall time) the benchmarks report
+// cpu-ns/op: the CPU time the process (client and server) spent per
+// connection, read with getrusage on Linux.
 
 // benchPolicy is a realistic 3-rule policy: per-IP cap and rate, per-subnet
 // cap, global cap.
@@ -62,6 +68,7 @@ type echoServer struct {
 	live  sync.WaitGroup
 	errs  atomic.Int64
 	url   string
+	done  chan struct{} // when not nil, told when a handler has returned
 }
 
 func newEchoServer(tb testing.TB, guarded bool) *echoServer {
@@ -79,6 +86,9 @@ func newEchoServer(tb testing.TB, guarded bool) *echoServer {
 	es.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		es.live.Add(1)
 		defer es.live.Done()
+		if es.done != nil {
+			defer func() { es.done <- struct{}{} }() // after c.Close below
+		}
 		var c *websocket.Conn
 		if es.g != nil {
 			gc, err := es.g.Upgrade(w, r, nil)
@@ -193,6 +203,7 @@ func BenchmarkHandshake(b *testing.B) {
 			ds := benchDialers()
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := startCPU()
 			for i := 0; i < b.N; i++ {
 				if err := roundTrip(ds[i%len(ds)], es.url, nil); err != nil {
 					b.Fatal(err)
@@ -200,7 +211,7 @@ func BenchmarkHandshake(b *testing.B) {
 			}
 			es.drain(b)
 			b.StopTimer()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handshakes/s")
+			reportHandshakes(b, cpu)
 		})
 	}
 }
@@ -216,6 +227,7 @@ func BenchmarkHandshakeParallel(b *testing.B) {
 			b.SetParallelism(max(1, benchClients/runtime.GOMAXPROCS(0)))
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := startCPU()
 			b.RunParallel(func(pb *testing.PB) {
 				d := ds[int(next.Add(1))%len(ds)]
 				for pb.Next() {
@@ -227,9 +239,67 @@ func BenchmarkHandshakeParallel(b *testing.B) {
 			})
 			es.drain(b)
 			b.StopTimer()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handshakes/s")
+			reportHandshakes(b, cpu)
 		})
 	}
+}
+
+// startCPU returns the process CPU time at the start of a measurement, or
+// -1 when it cannot be read.
+func startCPU() time.Duration {
+	if t, ok := processCPU(); ok {
+		return t
+	}
+	return -1
+}
+
+// reportHandshakes reports handshakes/s and, where the process CPU time is
+// available, cpu-ns/op: the CPU time of client and server together per
+// connection, less sensitive than wall time to the machine's other work.
+func reportHandshakes(b *testing.B, cpu0 time.Duration) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handshakes/s")
+	if cpu1, ok := processCPU(); ok && cpu0 >= 0 {
+		b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
+	}
+}
+
+// BenchmarkHandshakeAlternating compares the two servers within each
+// iteration: one connection to each, in alternating order, each timed from
+// Dial until the server's handler has returned (so the guarded server's
+// release is inside the time and cannot spill into the other server's).
+// Beside ns/op (both connections) it reports each server's ns per
+// connection and guarded/unguarded: the throughput ratio of one client
+// making connections one after another, measured on the same machine
+// state, connection by connection.
+func BenchmarkHandshakeAlternating(b *testing.B) {
+	var es [2]*echoServer
+	for i, v := range benchVariants {
+		es[i] = newEchoServer(b, v.guarded)
+		es[i].done = make(chan struct{}, 1)
+		defer es[i].close()
+	}
+	ds := benchDialers()
+	var spent [2]time.Duration
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := range 2 {
+			v := (i + j) % 2 // iterations alternate which server goes first
+			start := time.Now()
+			if err := roundTrip(ds[(2*i+j)%len(ds)], es[v].url, nil); err != nil {
+				b.Fatal(err)
+			}
+			<-es[v].done
+			spent[v] += time.Since(start)
+		}
+	}
+	b.StopTimer()
+	for _, e := range es {
+		e.drain(b)
+	}
+	b.ReportMetric(float64(spent[0].Nanoseconds())/float64(b.N), "unguarded-ns/conn")
+	b.ReportMetric(float64(spent[1].Nanoseconds())/float64(b.N), "guarded-ns/conn")
+	b.ReportMetric(float64(spent[0])/float64(spent[1]), "guarded/unguarded")
 }
 
 var (
