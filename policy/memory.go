@@ -48,6 +48,9 @@ func NewMemoryStore() *MemoryStore {
 	return s
 }
 
+// inlineClaims is how many claims Admit tracks without allocating.
+const inlineClaims = 6
+
 // ruleMemo remembers, for one compiled rule, the state a MemoryStore keeps
 // for it, so the hot path skips the lookup by name. It holds one store at a
 // time; a rule used with another store falls back to the lookup.
@@ -152,13 +155,22 @@ func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 // tokens taken so far. A cancelled token may be restored only partly under contention,
 // which errs toward admitting fewer.
 func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (Lease, Verdict, error) {
-	var (
-		held [MaxRules]*memRule
-		res  [MaxRules]buckets.Reservation
-	)
 	if len(claims) > MaxRules {
 		return Lease{}, Verdict{}, fmt.Errorf("policy: %d claims, at most %d", len(claims), MaxRules)
 	}
+	// Small inline arrays keep the frame small (a large frame costs a
+	// goroutine stack growth on a fresh connection's goroutine); policies
+	// with more rules spill to the heap.
+	var (
+		heldBuf [inlineClaims]*memRule
+		resBuf  [inlineClaims]buckets.Reservation
+		held    = heldBuf[:0:inlineClaims]
+		res     = resBuf[:0:inlineClaims]
+	)
+	if len(claims) > inlineClaims {
+		held, res = make([]*memRule, 0, len(claims)), make([]buckets.Reservation, 0, len(claims))
+	}
+	held, res = held[:len(claims)], res[:len(claims)]
 	for i := range claims {
 		c := &claims[i]
 		r := s.ruleFor(c)
