@@ -225,7 +225,7 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			}
 			continue
 		}
-		c := Claim{
+		claims = append(claims, Claim{
 			Rule:           rule.Name,
 			Key:            k,
 			Conns:          rule.Connections,
@@ -234,26 +234,17 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			MaxKeys:        rule.MaxKeys,
 			RefuseWhenFull: rule.Refuse,
 			memo:           rule.memo,
-		}
+		})
 		if rule.Tiers != nil {
-			if id, ok := who.get(p, r, l.now, d); ok {
-				if v, ok := id.Claim(rule.TierClaim); ok {
-					if t, ok := rule.Tiers[v]; ok {
-						c.Conns, c.Limit, c.Burst = t.Connections, t.Limit, t.Burst
-					}
-				}
-			}
+			applyTier(&claims[len(claims)-1], rule, &who, p, r, l.now, d)
 		}
-		claims = append(claims, c)
 	}
 	if len(claims) == 0 {
 		return d
 	}
 	lease, v, err := l.store.Admit(ctx, l.now(), claims)
 	if err != nil {
-		if l.log != nil {
-			l.log.LogAttrs(ctx, slog.LevelError, "wslimit: store failed; refusing", slog.String("error", err.Error()))
-		}
+		l.logStoreError(ctx, err)
 		d.refuse(p, "", ReasonStoreError, 0, keys.Key{})
 		return d
 	}
@@ -274,7 +265,39 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	return d
 }
 
-// refuse records a refusal; in dry run the decision stays allowed.
+// applyTier replaces c's limits by those of the tier its verified claim
+// selects, if any.
+//
+//go:noinline
+func applyTier(c *Claim, rule *Rule, who *requestIdentity, p *Policy, r *http.Request, now func() time.Time, d *Decision) {
+	id, ok := who.get(p, r, now, d)
+	if !ok {
+		return
+	}
+	v, ok := id.Claim(rule.TierClaim)
+	if !ok {
+		return
+	}
+	if t, ok := rule.Tiers[v]; ok {
+		c.Conns, c.Limit, c.Burst = t.Connections, t.Limit, t.Burst
+	}
+}
+
+// logStoreError is out of line: slog's record would otherwise enlarge
+// admit's frame on every handshake.
+//
+//go:noinline
+func (l *Limiter) logStoreError(ctx context.Context, err error) {
+	if l.log != nil {
+		l.log.LogAttrs(ctx, slog.LevelError, "wslimit: store failed; refusing", slog.String("error", err.Error()))
+	}
+}
+
+// refuse records a refusal; in dry run the decision stays allowed. Out of
+// line, so that its four call sites do not each add their arguments to
+// admit's frame.
+//
+//go:noinline
 func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Duration, k keys.Key) {
 	if d.Rule == "" {
 		d.Rule, d.Reason, d.RetryAfter, d.Key = rule, reason, retry, k
@@ -293,6 +316,7 @@ type requestIdentity struct {
 	id   identity.Identity
 }
 
+//go:noinline
 func (w *requestIdentity) get(p *Policy, r *http.Request, now func() time.Time, d *Decision) (identity.Identity, bool) {
 	if w.done {
 		return w.id, w.ok
@@ -313,7 +337,11 @@ func (w *requestIdentity) get(p *Policy, r *http.Request, now func() time.Time, 
 	return id, true
 }
 
-// key takes rule's key from the request; false when it is absent.
+// key takes rule's key from the request; false when it is absent. It is
+// kept out of line so that its locals (hash buffers of header and cookie
+// keys) do not sit in admit's frame while the store is called.
+//
+//go:noinline
 func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, haveIP bool, who *requestIdentity, now func() time.Time, d *Decision) (keys.Key, bool) {
 	switch rule.Kind {
 	case KeyGlobal:
