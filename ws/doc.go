@@ -26,6 +26,12 @@
 // (a runtime cleanup). Release does not belong in the HTTP handler's defer:
 // gorilla applications often hand the connection to goroutines and return.
 //
+// The network connection gorilla holds (Conn.NetConn, UnderlyingConn) is a
+// wrapper whose Close releases the slots. Code that needs the concrete type
+// unwraps it:
+//
+//	raw := c.NetConn().(interface{ Unwrap() net.Conn }).Unwrap()
+//
 // # Origin Considerations
 //
 // The Upgrader's CheckOrigin runs before the policy is evaluated: requests

@@ -444,6 +444,11 @@ type releasingConn struct {
 	d *policy.Decision
 }
 
+// Unwrap returns the network connection underneath, for applications that
+// need its concrete type (*net.TCPConn, *tls.Conn). Closing that directly
+// bypasses the release; the runtime cleanup still releases eventually.
+func (c *releasingConn) Unwrap() net.Conn { return c.Conn }
+
 func (c *releasingConn) Close() error {
 	err := c.Conn.Close()
 	c.d.Release()

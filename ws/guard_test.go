@@ -590,3 +590,24 @@ func TestUpgradeReturnsRejectError(t *testing.T) {
 		t.Errorf("Upgrade error = %v, want a *RejectError for per-ip", err)
 	}
 }
+
+func TestNetConnUnwrap(t *testing.T) {
+	got := make(chan net.Conn, 1)
+	ts := newTestServer(t, capDoc(1), func(c *Conn) {
+		defer c.Close()
+		u, ok := c.NetConn().(interface{ Unwrap() net.Conn })
+		if !ok {
+			got <- nil
+			return
+		}
+		got <- u.Unwrap()
+	})
+	c, _, err := ts.dial(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := (<-got).(*net.TCPConn); !ok {
+		t.Error("NetConn does not unwrap to the *net.TCPConn")
+	}
+}
