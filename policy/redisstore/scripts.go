@@ -23,6 +23,11 @@ import "github.com/redis/go-redis/v9"
 // Returns {1} when admitted, or {0, i, reason, retry_ms} naming the first
 // claim refused: reason 1 = connection cap, 2 = rate (retry_ms is the time
 // until the bucket holds one token, -1 when never).
+//
+// Every redis.call costs Redis about a microsecond, so the script makes as
+// few as it can: a lease set costs ZCARD, ZADD, PTTL and PEXPIRE (expired
+// members are swept only when they could matter, when the set looks full),
+// a bucket HMGET, HSET and PEXPIRE.
 const admitSrc = `
 if redis.replicate_commands then redis.replicate_commands() end
 local member = ARGV[1]
@@ -41,18 +46,24 @@ for i = 1, n do
 end
 
 -- Check every claim; nothing below writes state that a refusal must undo
--- (dropping expired leases changes no live count).
+-- (dropping expired leases changes no live count). tokens[i] is claim i's
+-- bucket level after refill.
 local tokens = {}
 for i = 1, n do
   local cap = tonumber(ARGV[3*i])
-  local rate = tonumber(ARGV[3*i+1])
-  local burst = tonumber(ARGV[3*i+2])
   if cap > 0 then
     local ck = KEYS[2*i-1]
-    redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
-    if redis.call('ZCARD', ck) >= cap then return {0, i, 1, 0} end
+    -- Expired leases still count in ZCARD, so a set below its cap has room
+    -- whatever they are; only a set that looks full needs sweeping.
+    local card = redis.call('ZCARD', ck)
+    if card >= cap then
+      card = card - redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
+      if card >= cap then return {0, i, 1, 0} end
+    end
   end
+  local rate = tonumber(ARGV[3*i+1])
   if rate > 0 then
+    local burst = tonumber(ARGV[3*i+2])
     if burst < 1 then return {0, i, 2, -1} end
     local v = redis.call('HMGET', KEYS[2*i], 't', 'ts')
     local tk = burst
@@ -67,20 +78,23 @@ for i = 1, n do
 end
 
 -- Commit: every check passed.
+local exp = now + ttl
+local ts = string.format('%d', now)
 for i = 1, n do
-  local cap = tonumber(ARGV[3*i])
-  local rate = tonumber(ARGV[3*i+1])
-  local burst = tonumber(ARGV[3*i+2])
-  if cap > 0 then
+  if tonumber(ARGV[3*i]) > 0 then
     local ck = KEYS[2*i-1]
-    redis.call('ZADD', ck, now + ttl, member)
-    local last = redis.call('ZRANGE', ck, -1, -1, 'WITHSCORES')
-    redis.call('PEXPIREAT', ck, last[2])
+    redis.call('ZADD', ck, exp, member)
+    -- The new lease expires last unless another instance runs a longer
+    -- lease TTL: the set lives until its last lease would expire.
+    if redis.call('PTTL', ck) < ttl then redis.call('PEXPIRE', ck, ttl) end
   end
-  if rate > 0 then
+  local tk = tokens[i]
+  if tk then
+    local rate = tonumber(ARGV[3*i+1])
+    local burst = tonumber(ARGV[3*i+2])
     local bk = KEYS[2*i]
-    local tk = tokens[i] - 1
-    redis.call('HSET', bk, 't', string.format('%.17g', tk), 'ts', string.format('%d', now))
+    tk = tk - 1
+    redis.call('HSET', bk, 't', string.format('%.17g', tk), 'ts', ts)
     local full = math.ceil((burst - tk) / rate)
     if full < 1 then full = 1 end
     redis.call('PEXPIRE', bk, full)
@@ -108,7 +122,7 @@ return n
 // A member still present gets a new expiry. A member that is gone (its lease
 // expired while Redis was unreachable, or it was admitted under on_error
 // while Redis was down) is added back only if the cap has room; otherwise it
-// is counted as lost. Returns {lost, readded member, ...}.
+// is counted as lost. Returns {lost, key, readded member, key, member, ...}.
 const refreshSrc = `
 if redis.replicate_commands then redis.replicate_commands() end
 local ttl = tonumber(ARGV[1])
@@ -132,6 +146,7 @@ for i = 1, #KEYS do
     elseif card < cap then
       redis.call('ZADD', k, exp, mem)
       card = card + 1
+      out[#out+1] = k
       out[#out+1] = mem
     else
       out[1] = out[1] + 1

@@ -447,6 +447,59 @@ func TestKeysExpire(t *testing.T) {
 	}
 }
 
+// TestLeaseSetOutlivesLongestLease: an admission by an instance with a
+// shorter lease TTL does not cut the lease set's expiry below the leases of
+// an instance with a longer one.
+func TestLeaseSetOutlivesLongestLease(t *testing.T) {
+	addr := sharedAddr(t)
+	c, _ := newClient(t, addr)
+	prefix := uniquePrefix(t)
+	long := newStore(t, c, Options{OnError: FailAllow, Prefix: prefix, LeaseTTL: 10 * time.Second})
+	short := newStore(t, c, Options{OnError: FailAllow, Prefix: prefix, LeaseTTL: time.Second})
+	ctx := context.Background()
+	claims := []policy.Claim{conns("r", "mixed", 5)}
+	if _, v, _ := long.Admit(ctx, time.Now(), claims); !v.OK {
+		t.Fatal("refused")
+	}
+	if _, v, _ := short.Admit(ctx, time.Now(), claims); !v.OK {
+		t.Fatal("refused")
+	}
+	ck, _ := long.keys(&claims[0])
+	if ttl := c.PTTL(ctx, ck).Val(); ttl <= 9*time.Second {
+		t.Fatalf("lease set PTTL = %v, want ~10s (the longer lease)", ttl)
+	}
+}
+
+// TestExpiredLeasesSweptWhenFull: expired members left by a crashed
+// instance are not swept while the set has room, and are swept (freeing
+// their slots) once they would make the set look full.
+func TestExpiredLeasesSweptWhenFull(t *testing.T) {
+	addr := sharedAddr(t)
+	c, _ := newClient(t, addr)
+	s := newStore(t, c, Options{OnError: FailDeny, Prefix: uniquePrefix(t), LeaseTTL: time.Hour})
+	ctx := context.Background()
+	claims := []policy.Claim{conns("r", "sweep", 3)}
+	ck, _ := s.keys(&claims[0])
+	// Two leases of a dead instance, long expired.
+	if err := c.ZAdd(ctx, ck, redis.Z{Score: 1, Member: "dead:1"}, redis.Z{Score: 2, Member: "dead:2"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, v, _ := s.Admit(ctx, time.Now(), claims); !v.OK {
+		t.Fatalf("first admission: %+v", v)
+	}
+	for i := range 2 {
+		if _, v, _ := s.Admit(ctx, time.Now(), claims); !v.OK {
+			t.Fatalf("admission %d with expired members in the set: %+v", i+2, v)
+		}
+	}
+	if n := zcard(t, c, ck); n != 3 {
+		t.Fatalf("ZCARD = %d, want 3 live leases (expired ones swept)", n)
+	}
+	if _, v, _ := s.Admit(ctx, time.Now(), claims); v.OK || v.Reason != policy.ReasonConnections {
+		t.Fatalf("fourth admission: %+v, want refused by the cap", v)
+	}
+}
+
 // TestOneRoundTrip counts the commands sent: one per Admit and one per
 // Release, whatever the number of rules.
 func TestOneRoundTrip(t *testing.T) {
