@@ -37,6 +37,17 @@ func HeaderValue(r *http.Request, name string) (k Key, ok bool) {
 	if v == "" {
 		return Key{}, false
 	}
+	return BoundedString(v), true
+}
+
+// BoundedString returns a string key for v that is at most
+// MaxHeaderKeyLen+7 bytes: v itself when it is at most MaxHeaderKeyLen
+// bytes, otherwise "sha256:" followed by the 64 hex digits of v's SHA-256
+// digest. A short v that itself begins with "sha256:" is digested too, so a
+// digest key never equals a raw value. Every key taken from client-supplied
+// text (headers, cookies, token claims) goes through it, so an attacker
+// cannot store large keys.
+func BoundedString(v string) Key {
 	if len(v) > MaxHeaderKeyLen || strings.HasPrefix(v, hashKeyPrefix) {
 		sum := sha256.Sum256([]byte(v))
 		var buf [len(hashKeyPrefix) + 2*sha256.Size]byte
@@ -44,5 +55,5 @@ func HeaderValue(r *http.Request, name string) (k Key, ok bool) {
 		hex.Encode(buf[len(hashKeyPrefix):], sum[:])
 		v = string(buf[:])
 	}
-	return String(v), true
+	return String(v)
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"net/http"
 	"strings"
 
@@ -13,9 +12,11 @@ import (
 )
 
 // MaxCookieKeyBytes is the longest cookie value (or verified id) used as a
-// key as is; longer ones are replaced by "sha256:" and the hex SHA-256 of
-// the value, so a key stays small and a long value is never stored raw.
-const MaxCookieKeyBytes = 256
+// key as is; longer ones (and values that themselves begin with "sha256:")
+// are replaced by "sha256:" and the hex SHA-256 of the value
+// ([keys.BoundedString]), so a key stays small and a long value is never
+// stored raw.
+const MaxCookieKeyBytes = keys.MaxHeaderKeyLen
 
 // maxCookieHeaderBytes bounds how much of a request's Cookie headers is
 // read. Cookies past the bound are treated as absent: a client that sends
@@ -60,11 +61,7 @@ func (c *Cookie) Identify(r *http.Request) (keys.Key, bool) {
 			return keys.Key{}, false
 		}
 	}
-	if len(id) > MaxCookieKeyBytes {
-		sum := sha256.Sum256([]byte(id))
-		id = "sha256:" + hex.EncodeToString(sum[:])
-	}
-	return keys.String(id), true
+	return keys.BoundedString(id), true
 }
 
 // cookieValue returns the value of the first well-formed cookie called name

@@ -157,7 +157,7 @@ func FuzzCookie(f *testing.F) {
 		if k, ok := signed.Identify(r); ok {
 			v, _ := cookieValue(r.Header, "sid")
 			id, _ := verify(v)
-			if SignHMACCookie(secret, id) != v || (len(id) <= MaxCookieKeyBytes && k.Str != id) {
+			if SignHMACCookie(secret, id) != v || (len(id) <= MaxCookieKeyBytes && !strings.HasPrefix(id, "sha256:") && k.Str != id) {
 				t.Fatalf("signed cookie %q gave key %q", v, k.Str)
 			}
 		}

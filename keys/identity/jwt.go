@@ -148,8 +148,8 @@ func (id Identity) Claim(name string) (string, bool) {
 	return v, ok
 }
 
-// Key returns the key a rule counts by: [keys.String] of the Subject.
-func (id Identity) Key() keys.Key { return keys.String(id.Subject) }
+// Key returns the key a rule counts by: [keys.BoundedString] of the Subject.
+func (id Identity) Key() keys.Key { return keys.BoundedString(id.Subject) }
 
 // JWT verifies JSON Web Tokens found in a request and turns them into an
 // [Identity]. Build one with [NewJWT] or [NewJWTWithKeys]. A JWT is safe for
