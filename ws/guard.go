@@ -83,10 +83,14 @@ type Options struct {
 // Guard admits WebSocket handshakes under a policy before upgrading them.
 // It is safe for concurrent use.
 type Guard struct {
-	lim    *policy.Limiter
-	up     websocket.Upgrader
-	log    *rejectLog
-	reject func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
+	lim *policy.Limiter
+	up  websocket.Upgrader
+	// checked is up with CheckOrigin already answered: Upgrade runs the
+	// application's CheckOrigin once, before admission, and upgrades
+	// through checked so that it does not run again inside gorilla.
+	checked websocket.Upgrader
+	log     *rejectLog
+	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
 
 	mu        sync.Mutex // guards the close-path bounds; orders wg.Add before Close's wg.Wait
 	closed    bool
@@ -103,9 +107,11 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 	g := &Guard{
 		lim:       policy.NewLimiter(p, policy.Options{Store: opts.Store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
 		up:        opts.Upgrader,
+		checked:   opts.Upgrader,
 		reject:    opts.Reject,
 		closingIP: map[netip.Addr]int{},
 	}
+	g.checked.CheckOrigin = func(*http.Request) bool { return true }
 	if opts.Logger != nil {
 		now := opts.Now
 		if now == nil {
@@ -173,14 +179,14 @@ func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		g.logReject(r, d)
 	}
 	if !d.Holds() {
-		c, err := g.up.Upgrade(w, r, responseHeader)
+		c, err := g.checked.Upgrade(w, r, responseHeader)
 		if err != nil {
 			return nil, err
 		}
 		return &Conn{Conn: c, d: d}, nil
 	}
 	hw := &hijackWriter{ResponseWriter: w, d: d}
-	c, err := g.up.Upgrade(hw, r, responseHeader)
+	c, err := g.checked.Upgrade(hw, r, responseHeader)
 	if err != nil {
 		d.Release()
 		return nil, err
@@ -386,7 +392,7 @@ func CloseReason(d *policy.Decision) string {
 // place on the close path (acquireClose), returned when the connection is
 // gone.
 func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.Decision, h http.Header) {
-	c, err := g.up.Upgrade(w, r, h)
+	c, err := g.checked.Upgrade(w, r, h)
 	if err != nil {
 		g.releaseClose(d.ClientIP)
 		return

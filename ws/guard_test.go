@@ -611,3 +611,29 @@ func TestNetConnUnwrap(t *testing.T) {
 		t.Error("NetConn does not unwrap to the *net.TCPConn")
 	}
 }
+
+// TestCheckOriginRunsOnce guards against running the application's
+// CheckOrigin twice per handshake (once before admission, once in gorilla).
+func TestCheckOriginRunsOnce(t *testing.T) {
+	var calls atomic.Int32
+	g, err := New(mustPolicy(t, capDoc(5)), Options{Upgrader: websocket.Upgrader{
+		CheckOrigin: func(r *http.Request) bool { calls.Add(1); return true },
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, err := g.Upgrade(w, r, nil); err == nil {
+			c.Close()
+		}
+	}))
+	defer srv.Close()
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if got := calls.Load(); got != 1 {
+		t.Errorf("CheckOrigin ran %d times for one handshake, want 1", got)
+	}
+}
