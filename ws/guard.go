@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
@@ -201,8 +202,12 @@ func withoutTokenProtocols(r *http.Request, p *policy.Policy) *http.Request {
 	if p == nil || p.JWT() == nil {
 		return r
 	}
+	h := p.StripTokenProtocols(r.Header)
+	if reflect.ValueOf(h).Pointer() == reflect.ValueOf(r.Header).Pointer() {
+		return r // no token in the protocols: nothing to copy
+	}
 	r2 := r.WithContext(r.Context())
-	r2.Header = p.StripTokenProtocols(r.Header)
+	r2.Header = h
 	return r2
 }
 
