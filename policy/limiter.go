@@ -370,7 +370,7 @@ func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, haveIP bool, wh
 		if !ok || v == "" {
 			return keys.Key{}, false
 		}
-		return keys.String(v), true
+		return keys.BoundedString(v), true
 	case KeyCookie:
 		c := p.cookies[rule.Param]
 		if c == nil {
