@@ -532,7 +532,13 @@ func clampBurst(burst int) int32 {
 // otherwise the table evicts it (counted by Evictions) or, in refuse mode,
 // returns Result.Full.
 func (t *Table[K]) Reserve(k K, now time.Time, limit rate.Limit, burst int) (Reservation, Result) {
-	h := t.hash(k)
+	return t.ReserveHash(t.hash(k), now, limit, burst)
+}
+
+// ReserveHash is Reserve for the key whose hash (by the Table's hash
+// function) is h: for callers that already hold the hash. Buckets are kept
+// by hash, so it acts exactly as Reserve on that key.
+func (t *Table[K]) ReserveHash(h uint64, now time.Time, limit rate.Limit, burst int) (Reservation, Result) {
 	n := since(now, t.epoch)
 	s := t.lock(h)
 	at, i, gen, r := s.reserve(h, n, limit, clampBurst(burst), t.refuse)

@@ -911,3 +911,22 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 		b.ReportMetric(perKey, "B/key")
 	})
 }
+
+// TestReserveHash checks that ReserveHash with the Table's own hash spends
+// from the same bucket as Reserve.
+func TestReserveHash(t *testing.T) {
+	tb := New(Options{MaxKeys: 16}, hashString)
+	h := hashString("a")
+	if _, r := tb.ReserveHash(h, at(0), 1, 2); !r.OK {
+		t.Fatalf("first token refused: %+v", r)
+	}
+	if _, r := tb.Reserve("a", at(0), 1, 2); !r.OK {
+		t.Fatalf("second token refused: %+v", r)
+	}
+	if _, r := tb.ReserveHash(h, at(0), 1, 2); r.OK || r.RetryAfter != time.Second {
+		t.Fatalf("third token: got %+v, want refused with RetryAfter 1s", r)
+	}
+	if n := tb.Len(); n != 1 {
+		t.Fatalf("Len = %d, want 1 bucket", n)
+	}
+}

@@ -172,11 +172,17 @@ func (c *Counter[K]) shard(k K) (*shard[K], uint64) {
 // zero or less admits nothing; limits above math.MaxInt32 count as
 // math.MaxInt32.
 func (c *Counter[K]) Acquire(k K, limit int) bool {
+	return c.AcquireHash(k, c.hash(k), limit)
+}
+
+// AcquireHash is Acquire for a caller that already holds k's hash by the
+// Counter's hash function; h must be that hash.
+func (c *Counter[K]) AcquireHash(k K, h uint64, limit int) bool {
 	if limit <= 0 {
 		return false
 	}
 	limit = min(limit, math.MaxInt32)
-	s, h := c.shard(k)
+	s := &c.shards[h&(numShards-1)]
 	s.mu.Lock()
 	ok := s.acquire(k, h, limit)
 	s.mu.Unlock()
@@ -187,7 +193,13 @@ func (c *Counter[K]) Acquire(k K, limit int) bool {
 // reaches zero, and reports true. If k holds no slot, Release changes
 // nothing and reports false: a count never goes below zero.
 func (c *Counter[K]) Release(k K) bool {
-	s, h := c.shard(k)
+	return c.ReleaseHash(k, c.hash(k))
+}
+
+// ReleaseHash is Release for a caller that already holds k's hash by the
+// Counter's hash function; h must be that hash.
+func (c *Counter[K]) ReleaseHash(k K, h uint64) bool {
+	s := &c.shards[h&(numShards-1)]
 	s.mu.Lock()
 	ok := s.release(k, h)
 	s.mu.Unlock()

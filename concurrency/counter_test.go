@@ -316,3 +316,25 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		})
 	}
 }
+
+// TestHashVariants checks that AcquireHash and ReleaseHash, given the
+// Counter's own hash, count the same entries as Acquire and Release.
+func TestHashVariants(t *testing.T) {
+	c := New(hashString)
+	h := hashString("a")
+	if !c.AcquireHash("a", h, 2) || !c.Acquire("a", 2) {
+		t.Fatal("first two slots refused")
+	}
+	if c.AcquireHash("a", h, 2) {
+		t.Fatal("AcquireHash passed a cap that Acquire filled")
+	}
+	if n := c.Count("a"); n != 2 {
+		t.Fatalf("Count = %d, want 2", n)
+	}
+	if !c.ReleaseHash("a", h) || !c.Release("a") || c.ReleaseHash("a", h) {
+		t.Fatal("releases: want true, true, then false at zero")
+	}
+	if n := c.Len(); n != 0 {
+		t.Fatalf("Len = %d after releasing everything, want 0", n)
+	}
+}
