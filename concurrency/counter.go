@@ -14,9 +14,6 @@ const (
 	// shards: at least one cache line, so two cores working on two shards
 	// do not invalidate each other's line.
 	cacheLine = 64
-	// shrinkMin is the high-water mark below which a shard's map is never
-	// copied to shrink it: small maps are not worth the copy.
-	shrinkMin = 1024
 )
 
 // Entry is one key and the number of slots it holds, as returned by
@@ -29,107 +26,137 @@ type Entry[K comparable] struct {
 // counts is the unlocked core of a Counter: the slot counts of the keys of
 // one shard. Every method requires the shard's lock.
 //
-// Entries are found by the key's 64-bit hash (the same hash that picked the
-// shard), which keeps the map's own hashing cheap; the key is stored beside
-// its count and compared, so counts stay exact per key. The rare key whose
-// hash collides with a different key already present is counted in coll,
-// keyed by the key itself.
+// It is an open-addressing table with linear probing: an entry holds the
+// key, its 64-bit hash (the hash that picked the shard) and its count, and
+// is found by hash and then compared by key, so counts stay exact per key
+// even when two keys' hashes collide (they take neighbouring slots). A
+// count of zero marks a free slot; a slot is freed by backward-shift
+// deletion, so there are no tombstones and a lookup stops at the first
+// free slot. The table doubles when three quarters of it are in use and
+// halves when less than an eighth is, so its memory follows the keys it
+// holds, not the most it ever held.
 type counts[K comparable] struct {
-	m     map[uint64]entry[K] // only counts > 0 are stored
-	coll  map[K]int32         // colliding keys; nil until the first collision
-	total int                 // sum of all counts
-	peak  int                 // the largest len(m) since m was made
+	slots []entry[K] // nil, or a power-of-two number of slots
+	used  int        // slots holding a key
+	total int        // sum of all counts
 }
 
 type entry[K comparable] struct {
 	k K
-	n int32
+	h uint64
+	n int32 // 0: a free slot
+}
+
+const (
+	// minSlots is a shard table's smallest size once it holds a key.
+	minSlots = 8
+	// shardBits is how many low bits of a hash choose the shard; a shard's
+	// table indexes by the bits above them.
+	shardBits = 6
+)
+
+// home is the slot where a lookup for hash h starts.
+func (c *counts[K]) home(h uint64) int { return int(h>>shardBits) & (len(c.slots) - 1) }
+
+// find returns k's slot and true, or the free slot where k would go and
+// false. The table must have at least one free slot.
+func (c *counts[K]) find(k K, h uint64) (int, bool) {
+	mask := len(c.slots) - 1
+	for i := c.home(h); ; i = (i + 1) & mask {
+		e := &c.slots[i]
+		if e.n == 0 {
+			return i, false
+		}
+		if e.h == h && e.k == k {
+			return i, true
+		}
+	}
 }
 
 // acquire increments k's count if it is below limit.
 func (c *counts[K]) acquire(k K, h uint64, limit int) bool {
-	if len(c.coll) > 0 {
-		if n, ok := c.coll[k]; ok {
-			if int(n) >= limit {
-				return false
-			}
-			c.coll[k] = n + 1
-			c.total++
-			return true
-		}
+	if c.slots == nil {
+		c.resize(minSlots)
 	}
-	e, ok := c.m[h]
-	switch {
-	case !ok:
-		c.m[h] = entry[K]{k: k, n: 1}
-		if len(c.m) > c.peak {
-			c.peak = len(c.m)
-		}
-	case e.k == k:
+	i, ok := c.find(k, h)
+	if ok {
+		e := &c.slots[i]
 		if int(e.n) >= limit {
 			return false
 		}
 		e.n++
-		c.m[h] = e
-	default: // another key holds this hash: count k on its own
-		if c.coll == nil {
-			c.coll = make(map[K]int32)
-		}
-		c.coll[k] = 1
+		c.total++
+		return true
 	}
+	if 4*(c.used+1) > 3*len(c.slots) {
+		c.resize(2 * len(c.slots))
+		i, _ = c.find(k, h)
+	}
+	c.slots[i] = entry[K]{k: k, h: h, n: 1}
+	c.used++
 	c.total++
 	return true
 }
 
-// release decrements k's count, deleting the entry at zero. It reports
+// release decrements k's count, freeing its slot at zero. It reports
 // false, changing nothing, if k holds no count.
 func (c *counts[K]) release(k K, h uint64) bool {
-	if e, ok := c.m[h]; ok && e.k == k {
-		c.total--
-		if e.n > 1 {
-			e.n--
-			c.m[h] = e
-			return true
-		}
-		delete(c.m, h)
-		if c.peak >= shrinkMin && len(c.m) <= c.peak/4 {
-			c.shrink()
-		}
-		return true
+	if c.used == 0 {
+		return false
 	}
-	n, ok := c.coll[k]
+	i, ok := c.find(k, h)
 	if !ok {
 		return false
 	}
 	c.total--
-	if n > 1 {
-		c.coll[k] = n - 1
-	} else {
-		delete(c.coll, k)
+	if c.slots[i].n > 1 {
+		c.slots[i].n--
+		return true
+	}
+	c.remove(i)
+	if len(c.slots) > minSlots && 8*c.used < len(c.slots) {
+		c.resize(len(c.slots) / 2)
 	}
 	return true
 }
 
-// count returns k's count.
-func (c *counts[K]) count(k K, h uint64) int {
-	if e, ok := c.m[h]; ok && e.k == k {
-		return int(e.n)
+// remove frees slot i by backward-shift deletion: each later entry of the
+// probe run whose home is not cyclically within (i, j] moves into the hole,
+// which keeps every entry reachable from its home without tombstones.
+func (c *counts[K]) remove(i int) {
+	mask := len(c.slots) - 1
+	for j := (i + 1) & mask; c.slots[j].n != 0; j = (j + 1) & mask {
+		home := c.home(c.slots[j].h)
+		if (j-home)&mask >= (j-i)&mask {
+			c.slots[i] = c.slots[j]
+			i = j
+		}
 	}
-	return int(c.coll[k])
+	c.slots[i] = entry[K]{} // zero: also drops the key's references
+	c.used--
 }
 
-// shrink copies m into a map sized for its current length. Go maps keep
-// their storage when entries are deleted; without this, a shard would hold
-// memory for the most keys it ever had, not for the keys it has.
-func (c *counts[K]) shrink() {
-	m := make(map[uint64]entry[K], len(c.m))
-	for h, e := range c.m {
-		m[h] = e
+// count returns k's count.
+func (c *counts[K]) count(k K, h uint64) int {
+	if c.used == 0 {
+		return 0
 	}
-	c.m = m
-	c.peak = len(m)
-	if len(c.coll) == 0 {
-		c.coll = nil
+	if i, ok := c.find(k, h); ok {
+		return int(c.slots[i].n)
+	}
+	return 0
+}
+
+// resize rehashes the entries into a table of size slots (a power of two
+// larger than the entries in use).
+func (c *counts[K]) resize(size int) {
+	old := c.slots
+	c.slots = make([]entry[K], size)
+	for _, e := range old {
+		if e.n != 0 {
+			i, _ := c.find(e.k, e.h)
+			c.slots[i] = e
+		}
 	}
 }
 
@@ -154,11 +181,7 @@ func New[K comparable](hash func(K) uint64) *Counter[K] {
 	if hash == nil {
 		panic("concurrency: New with a nil hash function")
 	}
-	c := &Counter[K]{hash: hash}
-	for i := range c.shards {
-		c.shards[i].m = make(map[uint64]entry[K])
-	}
-	return c
+	return &Counter[K]{hash: hash}
 }
 
 func (c *Counter[K]) shard(k K) (*shard[K], uint64) {
@@ -221,7 +244,7 @@ func (c *Counter[K]) Len() int {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		n += len(s.m) + len(s.coll)
+		n += s.used
 		s.mu.Unlock()
 	}
 	return n
@@ -251,11 +274,10 @@ func (c *Counter[K]) Top(n int) []Entry[K] {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		for _, en := range s.m {
-			h.offer(n, Entry[K]{Key: en.k, Count: int(en.n)})
-		}
-		for k, cnt := range s.coll {
-			h.offer(n, Entry[K]{Key: k, Count: int(cnt)})
+		for _, en := range s.slots {
+			if en.n != 0 {
+				h.offer(n, Entry[K]{Key: en.k, Count: int(en.n)})
+			}
 		}
 		s.mu.Unlock()
 	}

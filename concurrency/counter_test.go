@@ -100,8 +100,8 @@ func TestEntryDeletedAtZero(t *testing.T) {
 	}
 }
 
-// TestShrink checks that a shard's map is rebuilt once most of its keys are
-// gone, and that no count is lost in the copy.
+// TestShrink checks that a shard's table is rebuilt smaller once most of
+// its keys are gone, and that no count is lost in the copy.
 func TestShrink(t *testing.T) {
 	c := New(mix)
 	const n = 100_000
@@ -119,8 +119,8 @@ func TestShrink(t *testing.T) {
 	}
 	for i := range c.shards {
 		s := &c.shards[i]
-		if s.peak >= shrinkMin && s.peak > 4*len(s.m) {
-			t.Errorf("shard %d: peak %d for %d keys: map not shrunk", i, s.peak, len(s.m))
+		if len(s.slots) > minSlots && len(s.slots) > 8*s.used {
+			t.Errorf("shard %d: %d slots for %d keys: table not shrunk", i, len(s.slots), s.used)
 		}
 	}
 	for i := range n {
@@ -336,5 +336,58 @@ func TestHashVariants(t *testing.T) {
 	}
 	if n := c.Len(); n != 0 {
 		t.Fatalf("Len = %d after releasing everything, want 0", n)
+	}
+}
+
+// TestChurnAgainstMap drives one Counter and a plain map through the same
+// random acquires and releases, with a hash of only 9 bits (shard plus 3
+// bits of table index) so that probe runs collide, wrap around the table's
+// end and are cut by backward-shift deletions, while tables grow and
+// shrink. Every answer and every count must match the map's.
+func TestChurnAgainstMap(t *testing.T) {
+	c := New(func(k uint64) uint64 { return mix(k) & 0x1ff })
+	want := map[uint64]int{}
+	rng := uint64(1)
+	next := func() uint64 { rng = mix(rng + 0x9e3779b97f4a7c15); return rng }
+	const keySpace, limit = 600, 3
+	for step := 0; step < 200_000; step++ {
+		k := next() % keySpace
+		// Phases of mostly-acquire and mostly-release make tables grow and
+		// shrink repeatedly.
+		acquire := next()%100 < 70
+		if (step/20_000)%2 == 1 {
+			acquire = next()%100 < 30
+		}
+		if acquire {
+			got, exp := c.Acquire(k, limit), want[k] < limit
+			if got != exp {
+				t.Fatalf("step %d: Acquire(%d) = %v, want %v (count %d)", step, k, got, exp, want[k])
+			}
+			if exp {
+				want[k]++
+			}
+		} else {
+			got, exp := c.Release(k), want[k] > 0
+			if got != exp {
+				t.Fatalf("step %d: Release(%d) = %v, want %v", step, k, got, exp)
+			}
+			if exp {
+				if want[k]--; want[k] == 0 {
+					delete(want, k)
+				}
+			}
+		}
+		if step%5000 == 0 {
+			total := 0
+			for k := uint64(0); k < keySpace; k++ {
+				if got := c.Count(k); got != want[k] {
+					t.Fatalf("step %d: Count(%d) = %d, want %d", step, k, got, want[k])
+				}
+				total += want[k]
+			}
+			if c.Len() != len(want) || c.Total() != total {
+				t.Fatalf("step %d: Len %d Total %d, want %d and %d", step, c.Len(), c.Total(), len(want), total)
+			}
+		}
 	}
 }

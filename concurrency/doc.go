@@ -22,9 +22,10 @@
 // An entry exists only while its count is above zero: Release deletes the
 // entry that reaches zero, and a key that never got a slot leaves no trace.
 // The memory a Counter holds is therefore proportional to the slots held
-// (live connections), not to the number of keys ever seen. Go maps do not
-// shrink when entries are deleted, so a shard whose map has fallen to a
-// quarter of its high-water mark is copied into a smaller map.
+// (live connections), not to the number of keys ever seen. Each shard's
+// table (open addressing, linear probing, backward-shift deletion) doubles
+// when three quarters full and halves when less than an eighth full, so it
+// holds memory for the keys it has, not for the most it ever had.
 //
 // Counts never live in an evicting cache: an LRU that dropped a live
 // counter would reset it, and a flood of distinct keys would then free the
@@ -40,7 +41,7 @@
 //
 // A Counter is safe for concurrent use by multiple goroutines. Keys are
 // spread over 64 shards by the hash function given to [New], each shard a
-// mutex and a map, padded so that neighbouring shards do not share a cache
+// mutex and a table, padded so that neighbouring shards do not share a cache
 // line. Acquire, Release and Count lock one shard. Len, Total and Top visit
 // the shards one after another, so under concurrent updates their result is
 // not a snapshot of one instant; each shard's part of it is.

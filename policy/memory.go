@@ -23,7 +23,6 @@ type MemoryStore struct {
 	hash  func(keys.Key) uint64
 	rules atomic.Pointer[map[string]*memRule] // copy-on-write
 	mu    sync.Mutex                          // serialises additions to rules
-	ids   atomic.Uint64
 }
 
 var _ Store = (*MemoryStore)(nil)
@@ -96,10 +95,11 @@ func (s *MemoryStore) rule(name string) *memRule {
 	return r
 }
 
-// acquire takes a slot for k under limit; exact under any interleaving.
-func (r *memRule) acquire(k keys.Key, limit int) bool {
+// acquire takes a slot for k (hash h) under limit; exact under any
+// interleaving.
+func (r *memRule) acquire(k keys.Key, h uint64, limit int) bool {
 	if k.Kind != keys.KindGlobal {
-		return r.conns.Acquire(k, limit)
+		return r.conns.AcquireHash(k, h, limit)
 	}
 	for {
 		n := r.global.Load()
@@ -112,10 +112,10 @@ func (r *memRule) acquire(k keys.Key, limit int) bool {
 	}
 }
 
-// release gives back one of k's slots; never below zero.
-func (r *memRule) release(k keys.Key) bool {
+// release gives back one of k's slots (hash h); never below zero.
+func (r *memRule) release(k keys.Key, h uint64) bool {
 	if k.Kind != keys.KindGlobal {
-		return r.conns.Release(k)
+		return r.conns.ReleaseHash(k, h)
 	}
 	for {
 		n := r.global.Load()
@@ -174,15 +174,18 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 	for i := range claims {
 		c := &claims[i]
 		r := s.ruleFor(c)
+		if c.Key.Kind != keys.KindGlobal || c.Limit > 0 {
+			c.hash = s.hash(c.Key) // once, for counter, bucket and Release
+		}
 		if c.Conns > 0 {
-			if !r.acquire(c.Key, c.Conns) {
+			if !r.acquire(c.Key, c.hash, c.Conns) {
 				s.undo(now, claims[:i], held[:i], res[:i])
 				return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
 			}
 			held[i] = r
 		}
 		if c.Limit > 0 {
-			rv, result := s.table(r, c).Reserve(c.Key, now, c.Limit, c.Burst)
+			rv, result := s.table(r, c).ReserveHash(c.hash, now, c.Limit, c.Burst)
 			if !result.OK {
 				s.undo(now, claims[:i+1], held[:i+1], res[:i])
 				reason := ReasonRate
@@ -194,13 +197,13 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 			res[i] = rv
 		}
 	}
-	return Lease{ID: s.ids.Add(1)}, Verdict{OK: true}, nil
+	return Lease{}, Verdict{OK: true}, nil
 }
 
 func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res []buckets.Reservation) {
 	for i := range claims {
 		if held[i] != nil {
-			held[i].release(claims[i].Key)
+			held[i].release(claims[i].Key, claims[i].hash)
 		}
 	}
 	for i := range res {
@@ -211,8 +214,18 @@ func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res [
 // Release frees the connection slots of an admitted lease.
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
-		if claims[i].Conns > 0 {
-			s.ruleFor(&claims[i]).release(claims[i].Key)
+		c := &claims[i]
+		if c.Conns <= 0 {
+			continue
+		}
+		r := s.ruleFor(c)
+		// A release finds only an entry stored under the key's true hash
+		// (entries are compared by key), so a stale or missing hash fails
+		// and is computed again; it never frees another key's slot.
+		if !r.release(c.Key, c.hash) && c.Key.Kind != keys.KindGlobal {
+			if h := s.hash(c.Key); h != c.hash {
+				r.release(c.Key, h)
+			}
 		}
 	}
 	return nil

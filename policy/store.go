@@ -34,6 +34,11 @@ type Claim struct {
 	// memo lets MemoryStore find its state for the rule without a lookup
 	// by name; nil for claims built outside a Limiter.
 	memo *ruleMemo
+	// hash is Key's hash under the MemoryStore seed, written by its Admit
+	// so that the counter, the bucket table and Release share one
+	// computation. Release checks it: a claim that did not pass through
+	// Admit, or another store's hash, is hashed again.
+	hash uint64
 }
 
 // Reason says why a claim was refused.
@@ -83,7 +88,8 @@ type Verdict struct {
 // Lease identifies the slots one admission holds in a Store. It is passed
 // back to Release unchanged, with the same claims.
 type Lease struct {
-	// ID is assigned by the store and unique among its live leases.
+	// ID is assigned by the store, for its own use; stores that find their
+	// slots by the claims (MemoryStore) leave it zero.
 	ID uint64
 }
 

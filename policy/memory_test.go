@@ -1,0 +1,65 @@
+package policy
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/wslimit/wslimit/keys"
+)
+
+// TestMemoryStoreReleaseRehashes checks that Release frees the right slots
+// when the claims it is given did not pass through this store's Admit (a
+// copy made before Admit, or claims admitted by another store): the hash
+// Admit caches in a claim is a shortcut, never a way to miss or free
+// another key's slot.
+func TestMemoryStoreReleaseRehashes(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(0, 0)
+	a := keys.IP(netip.MustParseAddr("192.0.2.1"))
+	b := keys.IP(netip.MustParseAddr("192.0.2.2"))
+	fresh := func(k keys.Key) []Claim {
+		return []Claim{{Rule: "ip", Key: k, Conns: 1}, {Rule: "all", Key: keys.Global(), Conns: 10}}
+	}
+
+	s, other := NewMemoryStore(), NewMemoryStore()
+	admitted := fresh(a)
+	if _, v, err := s.Admit(ctx, now, admitted); err != nil || !v.OK {
+		t.Fatalf("admit a: %+v %v", v, err)
+	}
+	if _, v, err := s.Admit(ctx, now, fresh(b)); err != nil || !v.OK {
+		t.Fatalf("admit b: %+v %v", v, err)
+	}
+	// Claims hashed by another store's seed: the release must still find a.
+	foreign := fresh(a)
+	if _, v, err := other.Admit(ctx, now, foreign); err != nil || !v.OK {
+		t.Fatalf("admit a in the other store: %+v %v", v, err)
+	}
+	if err := s.Release(ctx, Lease{}, foreign); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Count("ip", a); n != 0 {
+		t.Fatalf("a holds %d slots after a release with foreign hashes, want 0", n)
+	}
+	if n := s.Count("ip", b); n != 1 {
+		t.Fatalf("b holds %d slots, want 1: a's release must not free b", n)
+	}
+	if n := s.Count("all", keys.Global()); n != 1 {
+		t.Fatalf("global holds %d slots, want 1", n)
+	}
+	// Claims never hashed at all (zero hash).
+	if err := s.Release(ctx, Lease{}, fresh(b)); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Count("ip", b); n != 0 {
+		t.Fatalf("b holds %d slots after a release with unhashed claims, want 0", n)
+	}
+	// A second release changes nothing: counts never go below zero.
+	if err := s.Release(ctx, Lease{}, admitted); err != nil {
+		t.Fatal(err)
+	}
+	if n, g := s.Count("ip", a), s.Count("all", keys.Global()); n != 0 || g != 0 {
+		t.Fatalf("after a repeated release: a %d, global %d; want 0, 0", n, g)
+	}
+}
