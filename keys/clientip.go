@@ -413,6 +413,11 @@ func parseNode(s string, obfPort bool) (netip.Addr, bool) {
 	if s == "" {
 		return netip.Addr{}, false
 	}
+	// The common case, a peer address "a.b.c.d:port", without the general
+	// parser; anything else takes the path below.
+	if a, n, ok := parseIPv4Prefix(s); ok && n < len(s) && s[n] == ':' && validPort(s[n+1:], obfPort) {
+		return a, true
+	}
 	if s[0] == '[' {
 		end := strings.IndexByte(s, ']')
 		if end < 0 {
@@ -489,4 +494,34 @@ func validPort(s string, obf bool) bool {
 		n = n*10 + int(c-'0')
 	}
 	return n <= 65535
+}
+
+// parseIPv4Prefix parses a dotted-quad IPv4 address at the start of s, in
+// the form netip.ParseAddr accepts (four decimal fields of 0-255, no
+// leading zeros), and returns it with the number of bytes it used. It is a
+// fast path: false means only that s does not start that way.
+func parseIPv4Prefix(s string) (netip.Addr, int, bool) {
+	var ip [4]byte
+	i := 0
+	for f := 0; f < 4; f++ {
+		if f > 0 {
+			if i >= len(s) || s[i] != '.' {
+				return netip.Addr{}, 0, false
+			}
+			i++
+		}
+		start, v := i, 0
+		for i < len(s) && i-start < 3 && s[i] >= '0' && s[i] <= '9' {
+			v = v*10 + int(s[i]-'0')
+			i++
+		}
+		if i == start || v > 255 || i-start > 1 && s[start] == '0' {
+			return netip.Addr{}, 0, false
+		}
+		ip[f] = byte(v)
+	}
+	if i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		return netip.Addr{}, 0, false // a fourth digit in the last field
+	}
+	return netip.AddrFrom4(ip), i, true
 }

@@ -148,3 +148,24 @@ func writtenIn(a netip.Addr, s string) bool {
 	}
 	return false
 }
+
+// FuzzIPv4Prefix checks the IPv4 fast path against netip: whatever it
+// accepts, netip.ParseAddr must accept as the same IPv4 address.
+func FuzzIPv4Prefix(f *testing.F) {
+	for _, s := range []string{"10.0.0.1:4000", "255.255.255.255", "256.0.0.1", "01.2.3.4", "1.2.3.4567", "1.2.3", "0.0.0.0:0", "1.2.3.4.5", "::1", "1.2.3.04"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, n, ok := parseIPv4Prefix(s)
+		if !ok {
+			return
+		}
+		if n > len(s) {
+			t.Fatalf("%q: used %d bytes of %d", s, n, len(s))
+		}
+		want, err := netip.ParseAddr(s[:n])
+		if err != nil || want != a || !a.Is4() {
+			t.Fatalf("%q: fast path %v (%d bytes), netip %v %v", s, a, n, want, err)
+		}
+	})
+}
