@@ -97,10 +97,14 @@ type Decision struct {
 	// WouldReject is true in dry-run mode when enforcement would have
 	// refused; Rule, Reason and RetryAfter then say why.
 	WouldReject bool
-	// Rule names the rule that refused (or would have).
-	Rule string
+	// InvalidToken is true when the request carried a token that failed
+	// verification; it was treated as no token. The token itself is never
+	// kept.
+	InvalidToken bool
 	// Reason says why.
 	Reason Reason
+	// Rule names the rule that refused (or would have).
+	Rule string
 	// RetryAfter is when to try again: the bucket's real refill time for
 	// ReasonRate, the policy's cap_retry_after for ReasonConnections.
 	RetryAfter time.Duration
@@ -109,22 +113,45 @@ type Decision struct {
 	// Key is the refusing rule's key, for logs. Never use it as a metric
 	// label.
 	Key keys.Key
-	// InvalidToken is true when the request carried a token that failed
-	// verification; it was treated as no token. The token itself is never
-	// kept.
-	InvalidToken bool
 	// Identity is the verified identity's key claim ("" when none); for
 	// logs, never a metric label.
 	Identity string
 
+	// The Decision is the one allocation of an admission; its layout keeps
+	// it within the 512-byte size class for policies of up to
+	// inlineDecisionClaims claims.
 	l        *Limiter
 	p        *Policy
 	lease    Lease
-	claims   []Claim
-	inline   [4]Claim
-	refused  int // index+1 in claims of the refusing claim; 0 for none
-	held     bool
+	spill    *[]Claim // the claims when there are more than fit inline
+	refused  int32    // index+1 in the claims of the refusing claim; 0 for none
 	released atomic.Bool
+	nclaims  uint8 // claims in inline (when spill is nil)
+	held     bool
+	inline   [inlineDecisionClaims]Claim
+}
+
+// inlineDecisionClaims is how many claims a Decision holds without a
+// second allocation: enough for the common IP / subnet / global policy.
+const inlineDecisionClaims = 3
+
+// claims returns the decision's claims.
+func (d *Decision) claims() []Claim {
+	if d.spill != nil {
+		return *d.spill
+	}
+	return d.inline[:d.nclaims]
+}
+
+// setClaims records claims, which live in d.inline when they fit.
+func (d *Decision) setClaims(claims []Claim) {
+	if len(claims) > 0 && len(claims) <= len(d.inline) && &claims[0] == &d.inline[0] {
+		d.nclaims = uint8(len(claims))
+		return
+	}
+	sp := new([]Claim) // only here: a policy of more rules than fit inline
+	*sp = claims
+	d.spill = sp
 }
 
 // Status is the HTTP status for a refused handshake: 401 for a missing
@@ -151,10 +178,11 @@ func (d *Decision) Policy() *Policy { return d.p }
 // the limits that applied, tiers included); false when no claim refused (an
 // admission, a missing identity, a store error).
 func (d *Decision) RefusedClaim() (Claim, bool) {
-	if d.refused == 0 || d.refused > len(d.claims) {
+	claims := d.claims()
+	if d.refused == 0 || int(d.refused) > len(claims) {
 		return Claim{}, false
 	}
-	return d.claims[d.refused-1], true
+	return claims[d.refused-1], true
 }
 
 // Holds reports whether the decision holds slots not yet released.
@@ -168,7 +196,7 @@ func (d *Decision) Release() bool {
 		return false
 	}
 	ctx := context.Background()
-	if err := d.l.store.Release(ctx, d.lease, d.claims); err != nil && d.l.log != nil {
+	if err := d.l.store.Release(ctx, d.lease, d.claims()); err != nil && d.l.log != nil {
 		d.l.log.LogAttrs(ctx, slog.LevelWarn, "wslimit: release failed", slog.String("error", err.Error()))
 	}
 	if d.l.obs != nil {
@@ -184,7 +212,7 @@ func (d *Decision) Claims() []Claim {
 	if !d.held {
 		return nil
 	}
-	return d.claims
+	return d.claims()
 }
 
 // Admit evaluates every rule of the policy for r at once. All or nothing:
@@ -226,14 +254,12 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			continue
 		}
 		claims = append(claims, Claim{
-			Rule:           rule.Name,
-			Key:            k,
-			Conns:          rule.Connections,
-			Limit:          rule.Limit,
-			Burst:          rule.Burst,
-			MaxKeys:        rule.MaxKeys,
-			RefuseWhenFull: rule.Refuse,
-			memo:           rule.memo,
+			Rule:  rule.Name,
+			Key:   k,
+			Conns: rule.Connections,
+			Limit: rule.Limit,
+			Burst: rule.Burst,
+			state: rule.state,
 		})
 		if rule.Tiers != nil {
 			applyTier(&claims[len(claims)-1], rule, &who, p, r, l.now, d)
@@ -258,10 +284,12 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 			ra = p.capRetryAfter
 		}
 		d.refuse(p, claims[v.Index].Rule, v.Reason, ra, claims[v.Index].Key)
-		d.claims, d.refused = claims, v.Index+1
+		d.setClaims(claims)
+		d.refused = int32(v.Index + 1)
 		return d
 	}
-	d.lease, d.claims, d.held = lease, claims, true
+	d.setClaims(claims)
+	d.lease, d.held = lease, true
 	return d
 }
 

@@ -50,11 +50,14 @@ func NewMemoryStore() *MemoryStore {
 // inlineClaims is how many claims Admit tracks without allocating.
 const inlineClaims = 6
 
-// ruleMemo remembers, for one compiled rule, the state a MemoryStore keeps
-// for it, so the hot path skips the lookup by name. It holds one store at a
-// time; a rule used with another store falls back to the lookup.
-type ruleMemo struct {
-	p atomic.Pointer[memoEntry]
+// ruleState is what the claims of one compiled rule share: the rule's
+// bucket-table bounds, and a memo of the state a MemoryStore keeps for the
+// rule, so the hot path skips the lookup by name. The memo holds one store
+// at a time; a rule used with another store falls back to the lookup.
+type ruleState struct {
+	maxKeys int
+	refuse  bool
+	memo    atomic.Pointer[memoEntry]
 }
 
 type memoEntry struct {
@@ -64,12 +67,12 @@ type memoEntry struct {
 
 // ruleFor returns the state of c's rule.
 func (s *MemoryStore) ruleFor(c *Claim) *memRule {
-	if m := c.memo; m != nil {
-		if e := m.p.Load(); e != nil && e.store == s {
+	if st := c.state; st != nil {
+		if e := st.memo.Load(); e != nil && e.store == s {
 			return e.r
 		}
 		r := s.rule(c.Rule)
-		m.p.Store(&memoEntry{store: s, r: r})
+		st.memo.Store(&memoEntry{store: s, r: r})
 		return r
 	}
 	return s.rule(c.Rule)
@@ -129,7 +132,7 @@ func (r *memRule) release(k keys.Key, h uint64) bool {
 }
 
 func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
-	want := int64(c.MaxKeys)
+	want := int64(c.MaxKeys())
 	if want <= 0 {
 		want = DefaultMaxKeys
 	}
@@ -141,7 +144,7 @@ func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 	t := r.buckets.Load()
 	switch {
 	case t == nil:
-		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull}, s.hash)
+		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull()}, s.hash)
 		r.buckets.Store(t)
 	case r.maxKeys.Load() != want:
 		t.Resize(int(want))

@@ -111,7 +111,7 @@ type Rule struct {
 	TierClaim string
 	Tiers     map[string]Tier
 
-	memo *ruleMemo
+	state *ruleState
 }
 
 // Tier is a compiled tier: the limits a claim value selects.
@@ -305,7 +305,7 @@ func New(cfg Config) (*Policy, error) {
 			r.MaxKeys = maxKeys
 		}
 		r.Refuse = refuse
-		r.memo = new(ruleMemo)
+		r.state = &ruleState{maxKeys: r.MaxKeys, refuse: refuse}
 		if r.Kind == KeyCookie {
 			if _, ok := p.cookies[r.Param]; !ok {
 				p.cookies[r.Param] = newCookie(r.Param, cfg.Identity.Session)

@@ -24,22 +24,32 @@ type Claim struct {
 	Limit rate.Limit
 	// Burst is the bucket size (used only when Limit > 0).
 	Burst int
-	// MaxKeys bounds the number of token buckets the store keeps for this
-	// rule (0: the store's default).
-	MaxKeys int
-	// RefuseWhenFull makes a full bucket table refuse new keys instead of
-	// evicting the least recently used bucket.
-	RefuseWhenFull bool
 
-	// memo lets MemoryStore find its state for the rule without a lookup
-	// by name; nil for claims built outside a Limiter.
-	memo *ruleMemo
+	// state is the compiled rule's shared state (its bucket-table bounds,
+	// and where a MemoryStore keeps its counters for it); nil for claims
+	// built outside a Limiter.
+	state *ruleState
 	// hash is Key's hash under the MemoryStore seed, written by its Admit
 	// so that the counter, the bucket table and Release share one
 	// computation. Release checks it: a claim that did not pass through
 	// Admit, or another store's hash, is hashed again.
 	hash uint64
 }
+
+// MaxKeys bounds the number of token buckets the store keeps for the
+// claim's rule (state.max_keys or the rule's max_keys); 0 means the store's
+// default (a claim built outside a Limiter).
+func (c Claim) MaxKeys() int {
+	if c.state == nil {
+		return 0
+	}
+	return c.state.maxKeys
+}
+
+// RefuseWhenFull reports whether a full bucket table refuses new keys
+// (state.on_full: refuse) instead of evicting the least recently used
+// bucket.
+func (c Claim) RefuseWhenFull() bool { return c.state != nil && c.state.refuse }
 
 // Reason says why a claim was refused.
 type Reason uint8
