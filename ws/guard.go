@@ -161,15 +161,29 @@ func (c *Conn) Decision() *policy.Decision { return c.d }
 // Upgrader refuses, are answered by the Upgrader without being counted.
 func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header) (*Conn, error) {
 	if !websocket.IsWebSocketUpgrade(r) || !g.checkOrigin(r) {
-		c, err := g.up.Upgrade(w, r, responseHeader) // writes the error response
-		if err == nil {
-			// Cannot happen: the Upgrader refuses what we pre-checked.
-			c.Close()
-			err = errors.New("ws: unexpected upgrade")
-		}
-		return nil, err
+		return nil, g.refuseUpgrade(w, r, responseHeader)
 	}
-	d := g.lim.Admit(r.Context(), r)
+	// Upgrade's frame sits under every frame of the admission, the deepest
+	// part of a guarded handshake: it is kept small, everything else is in
+	// upgrade, so that the admission more often fits in the stack the
+	// connection's goroutine already has (growing it copies the stack).
+	return g.upgrade(w, r, responseHeader, g.lim.Admit(r.Context(), r))
+}
+
+// refuseUpgrade has the Upgrader answer a request that is not a WebSocket
+// handshake or whose origin it refuses.
+func (g *Guard) refuseUpgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header) error {
+	c, err := g.up.Upgrade(w, r, responseHeader) // writes the error response
+	if err == nil {
+		// Cannot happen: the Upgrader refuses what we pre-checked.
+		c.Close()
+		err = errors.New("ws: unexpected upgrade")
+	}
+	return err
+}
+
+// upgrade acts on the decision d for r: writes the rejection, or upgrades.
+func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header, d *policy.Decision) (*Conn, error) {
 	r = withoutTokenProtocols(r, d.Policy())
 	if !d.Allowed {
 		g.logReject(r, d)
