@@ -147,6 +147,12 @@ func (g *Guard) Close() error {
 type Conn struct {
 	*websocket.Conn
 	d *policy.Decision
+
+	// When d holds slots, the two wrappers that tie the release to the
+	// network connection live in the Conn's allocation (one allocation per
+	// connection instead of three).
+	hw hijackWriter  // the ResponseWriter gorilla upgrades through
+	nc releasingConn // the network connection gorilla holds
 }
 
 // Decision returns the admission decision of the connection.
@@ -200,13 +206,19 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		}
 		return &Conn{Conn: c, d: d}, nil
 	}
-	hw := &hijackWriter{ResponseWriter: w, d: d}
-	c, err := g.checked.Upgrade(hw, r, responseHeader)
+	gc := &Conn{d: d}
+	gc.nc.d = d
+	gc.hw = hijackWriter{ResponseWriter: w, nc: &gc.nc}
+	c, err := g.checked.Upgrade(&gc.hw, r, responseHeader)
+	// The response, and with it the request, must not live as long as the
+	// connection.
+	gc.hw.ResponseWriter = nil
 	if err != nil {
 		d.Release()
 		return nil, err
 	}
-	return &Conn{Conn: c, d: d}, nil
+	gc.Conn = c
+	return gc, nil
 }
 
 // withoutTokenProtocols returns r, or a shallow copy of r whose
@@ -441,7 +453,7 @@ func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.De
 // decision's slots, so that every way a connection ends releases them.
 type hijackWriter struct {
 	http.ResponseWriter
-	d *policy.Decision
+	nc *releasingConn // wraps the hijacked connection; its d is set
 }
 
 func (hw *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -453,11 +465,23 @@ func (hw *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	rc := &releasingConn{Conn: nc, d: hw.d}
+	rc := hw.nc
+	rc.Conn = nc
 	// Last resort: a connection the application never closes is released
-	// when it becomes unreachable. The cleanup must not reference rc.
-	runtime.AddCleanup(rc, func(d *policy.Decision) { go d.Release() }, hw.d)
+	// when it becomes unreachable. The cleanup must not reference rc (nor
+	// the Conn it lives in).
+	runtime.AddCleanup(rc, releaseUnreachable, rc.d)
 	return rc, brw, nil
+}
+
+// releaseUnreachable is the cleanup of a connection that became
+// unreachable: it releases the slots unless Close already did, which is
+// the usual case and then costs nothing. The release runs on a goroutine
+// of its own: a store's Release may block, and cleanups share goroutines.
+func releaseUnreachable(d *policy.Decision) {
+	if d.Holds() {
+		go d.Release()
+	}
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
