@@ -1,0 +1,104 @@
+package ws
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/wslimit/wslimit/policy"
+)
+
+// memConn is a network connection that accepts every write and has nothing
+// to read: enough for gorilla to write its 101 response.
+type memConn struct{}
+
+var memAddr = &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 1234}
+
+func (memConn) Read([]byte) (int, error)                          { return 0, net.ErrClosed }
+func (memConn) Write(p []byte) (int, error)                       { return len(p), nil }
+func (memConn) Close() error                                      { return nil }
+func (memConn) LocalAddr() net.Addr                               { return memAddr }
+func (memConn) RemoteAddr() net.Addr                              { return memAddr }
+func (memConn) SetDeadline(time.Time) error                       { return nil }
+func (memConn) SetReadDeadline(time.Time) error                   { return nil }
+func (memConn) SetWriteDeadline(time.Time) error                  { return nil }
+func (w *memWriter) Header() http.Header                          { return w.h }
+func (w *memWriter) Write(p []byte) (int, error)                  { return len(p), nil }
+func (w *memWriter) WriteHeader(int)                              {}
+func (w *memWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) { return memConn{}, w.brw, nil }
+
+// memWriter is a hijackable ResponseWriter over a memConn. Its buffers are
+// reused from one handshake to the next, as gorilla leaves them empty.
+type memWriter struct {
+	h   http.Header
+	brw *bufio.ReadWriter
+}
+
+func newMemWriter() *memWriter {
+	return &memWriter{
+		h:   http.Header{},
+		brw: bufio.NewReadWriter(bufio.NewReader(memConn{}), bufio.NewWriter(memConn{})),
+	}
+}
+
+func handshakeRequest() *http.Request {
+	r, _ := http.NewRequest(http.MethodGet, "http://example.com/ws", nil)
+	r.RemoteAddr = "192.0.2.1:1234"
+	r.Header.Set("Connection", "Upgrade")
+	r.Header.Set("Upgrade", "websocket")
+	r.Header.Set("Sec-WebSocket-Version", "13")
+	r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	return r
+}
+
+// TestUpgradeAllocs bounds what a guarded handshake allocates beyond an
+// unguarded one (gorilla's own allocations cancel out): the Decision
+// (policy), the Conn with its wrappers (ws), and the two allocations of
+// runtime.AddCleanup. It also checks that the Conn does not keep the
+// response (and its request) alive.
+func TestUpgradeAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	store := policy.NewMemoryStore()
+	defer store.Close()
+	g, err := New(mustPolicy(t, benchPolicy), Options{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	var up websocket.Upgrader
+	w, r := newMemWriter(), handshakeRequest()
+	var last *Conn
+	guarded := testing.AllocsPerRun(200, func() {
+		clear(w.h)
+		c, err := g.Upgrade(w, r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		last = c
+	})
+	unguarded := testing.AllocsPerRun(200, func() {
+		clear(w.h)
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	})
+	t.Logf("allocations per handshake: guarded %.0f, unguarded %.0f", guarded, unguarded)
+	if extra := guarded - unguarded; extra > 4 {
+		t.Errorf("a guarded handshake allocates %.0f more than an unguarded one, want at most 4 (Decision, Conn, AddCleanup's two)", extra)
+	}
+	if n := store.Stats("everyone").Connections; n != 0 {
+		t.Errorf("%d slots held after every connection closed", n)
+	}
+	if last.hw.ResponseWriter != nil {
+		t.Error("the Conn keeps the ResponseWriter after the upgrade")
+	}
+}
