@@ -2,12 +2,38 @@ package policy
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/time/rate"
 )
+
+// Decision-path benchmarks: Limiter.Admit plus Decision.Release over a pool
+// of benchPool client addresses (each iteration the next address), clock
+// fixed, limits that never refuse. Each policy also runs a baseline written
+// here, the naive implementation of the same limits (x/time/rate limiters
+// in a map under one mutex, map[string]int slot counters under the same
+// mutex), on the same pool, so that every figure has a ratio measured in
+// the same run:
+//
+//	1rule        per-IP token bucket
+//	3rules       per-IP cap + bucket, per-subnet (/24) cap, global cap
+//	3rules+jwt   the same plus a per-user (JWT subject) cap, the token
+//	             (HS256) served from the verified-token cache
+
+const benchPool = 100_000
+
+const bench1 = `version: 1
+rules:
+  - {name: per-ip, key: ip, rate: 1000000/s, burst: 1000000}
+`
 
 const bench3 = `version: 1
 rules:
@@ -16,10 +42,26 @@ rules:
   - {name: everyone, key: global, connections: 100000000}
 `
 
-const bench1 = `version: 1
+// bench3JWT is bench3 plus a per-user rule; %s is the verifier's key line.
+const bench3JWT = `version: 1
+identity:
+  jwt:
+    from: [header:Authorization]
+    algorithms: [HS256]
+    %s
+    issuer: https://auth.bench
+    audience: chat
+    cache_size: 1024
 rules:
-  - {name: per-ip, key: ip, rate: 1000000/s, burst: 1000000}
+  - {name: per-ip, key: ip, connections: 1000, rate: 1000000/s, burst: 1000000}
+  - {name: per-subnet, key: subnet, connections: 100000}
+  - {name: everyone, key: global, connections: 100000000}
+  - {name: per-user, key: jwt, connections: 1000}
 `
+
+// benchUsers is how many distinct users the 3rules+jwt pool cycles
+// through: fewer than the token cache holds, so every lookup is a hit.
+const benchUsers = 512
 
 // pool returns n requests from distinct client addresses.
 func pool(n int) []*http.Request {
@@ -40,49 +82,196 @@ func benchLimiter(b *testing.B, doc string) *Limiter {
 	return NewLimiter(p, Options{Now: func() time.Time { return start }})
 }
 
-// BenchmarkAdmitRelease measures one admission plus its release over a
-// pool of 100,000 client addresses.
+// naive is the baseline: the same limits as the policy benchmarked beside
+// it, kept the obvious way.
+type naive struct {
+	mu       sync.Mutex
+	limiters map[string]*rate.Limiter // per client IP
+	conns    map[string]int           // slots per "ip:…", "net:…", "user:…"
+	global   int
+	tokens   map[string]string // verified token -> subject (a cache hit)
+	caps     bool              // the 3-rule limits
+	now      time.Time
+}
+
+func newNaive(caps bool, tokens map[string]string) *naive {
+	return &naive{limiters: map[string]*rate.Limiter{}, conns: map[string]int{}, caps: caps, tokens: tokens, now: time.Now()}
+}
+
+// admit applies the limits to r all or nothing and returns the slot keys
+// to release.
+func (n *naive) admit(r *http.Request) (ok bool, held [3]string) {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false, held
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false, held
+	}
+	var subnet, user string
+	if n.caps {
+		p, _ := ip.Prefix(24)
+		subnet = "net:" + p.String()
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tokens != nil {
+		const bearer = "Bearer "
+		if a := r.Header.Get("Authorization"); len(a) > len(bearer) {
+			user = n.tokens[a[len(bearer):]]
+		}
+		if user == "" {
+			return false, held
+		}
+		user = "user:" + user
+	}
+	if n.caps {
+		if n.conns[host] >= 1000 || n.conns[subnet] >= 100000 || n.global >= 100000000 || user != "" && n.conns[user] >= 1000 {
+			return false, held
+		}
+	}
+	lim := n.limiters[host]
+	if lim == nil {
+		lim = rate.NewLimiter(1000000, 1000000)
+		n.limiters[host] = lim
+	}
+	if !lim.AllowN(n.now, 1) {
+		return false, held
+	}
+	if n.caps {
+		n.conns[host]++
+		n.conns[subnet]++
+		n.global++
+		held = [3]string{host, subnet, user}
+		if user != "" {
+			n.conns[user]++
+		}
+	}
+	return true, held
+}
+
+func (n *naive) release(held [3]string) {
+	if held[0] == "" {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, k := range held {
+		if k == "" {
+			continue
+		}
+		if n.conns[k]--; n.conns[k] <= 0 {
+			delete(n.conns, k)
+		}
+	}
+	n.global--
+}
+
+// benchCase is one policy, its request pool and its baseline.
+type benchCase struct {
+	name  string
+	doc   string
+	rs    []*http.Request
+	naive func() *naive
+}
+
+func benchCases(b *testing.B) []benchCase {
+	rs := pool(benchPool)
+	// The JWT case: the same addresses, request i carrying user i%benchUsers's
+	// token.
+	b.Setenv("WSLIMIT_BENCH_HS256", "bench secret: 32 bytes or more, HS256 needs them")
+	now := time.Now()
+	toks := make([]string, benchUsers)
+	subjects := make(map[string]string, benchUsers)
+	for i := range toks {
+		sub := fmt.Sprintf("user-%d", i)
+		t, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+			"sub": sub, "iss": "https://auth.bench", "aud": "chat",
+			"iat": now.Unix(), "exp": now.Add(24 * time.Hour).Unix(),
+		}).SignedString([]byte("bench secret: 32 bytes or more, HS256 needs them"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		toks[i], subjects[t] = t, sub
+	}
+	jrs := pool(benchPool)
+	for i, r := range jrs {
+		r.Header.Set("Authorization", "Bearer "+toks[i%benchUsers])
+	}
+	return []benchCase{
+		{"1rule", bench1, rs, func() *naive { return newNaive(false, nil) }},
+		{"3rules", bench3, rs, func() *naive { return newNaive(true, nil) }},
+		{"3rules+jwt", fmt.Sprintf(bench3JWT, "secret_env: WSLIMIT_BENCH_HS256"), jrs, func() *naive { return newNaive(true, subjects) }},
+	}
+}
+
+// BenchmarkAdmitRelease measures one admission plus its release, serial
+// and from GOMAXPROCS goroutines, for each policy and its baseline.
 func BenchmarkAdmitRelease(b *testing.B) {
-	for _, bc := range []struct{ name, doc string }{{"1rule", bench1}, {"3rules", bench3}} {
-		rs := pool(100_000)
-		b.Run(bc.name+"/serial", func(b *testing.B) {
+	ctx := context.Background()
+	for _, bc := range benchCases(b) {
+		ours := func(b *testing.B) func(int) {
 			l := benchLimiter(b, bc.doc)
-			ctx := context.Background()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				d := l.Admit(ctx, rs[i%len(rs)])
+			step := func(i int) {
+				d := l.Admit(ctx, bc.rs[i%len(bc.rs)])
 				if !d.Allowed {
-					b.Fatal("refused")
+					b.Fatalf("refused: %s %s", d.Rule, d.Reason)
 				}
 				d.Release()
 			}
-		})
-		b.Run(bc.name+"/parallel", func(b *testing.B) {
-			l := benchLimiter(b, bc.doc)
-			ctx := context.Background()
-			var next atomic.Int64
-			b.ReportAllocs()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				i := int(next.Add(7919))
-				for pb.Next() {
-					d := l.Admit(ctx, rs[i%len(rs)])
-					if !d.Allowed {
-						b.Fatal("refused")
-					}
-					d.Release()
-					i++
+			for i := range bc.rs { // every bucket and cached token in place
+				step(i)
+			}
+			return step
+		}
+		base := func(b *testing.B) func(int) {
+			n := bc.naive()
+			step := func(i int) {
+				ok, held := n.admit(bc.rs[i%len(bc.rs)])
+				if !ok {
+					b.Fatal("baseline refused")
+				}
+				n.release(held)
+			}
+			for i := range bc.rs {
+				step(i)
+			}
+			return step
+		}
+		for _, impl := range []struct {
+			name string
+			mk   func(*testing.B) func(int)
+		}{{"", ours}, {"baseline/", base}} {
+			b.Run(bc.name+"/"+impl.name+"serial", func(b *testing.B) {
+				step := impl.mk(b)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					step(i)
 				}
 			})
-		})
+			b.Run(bc.name+"/"+impl.name+"parallel", func(b *testing.B) {
+				step := impl.mk(b)
+				var next atomic.Int64
+				b.ReportAllocs()
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					i := int(next.Add(7919))
+					for pb.Next() {
+						step(i)
+						i++
+					}
+				})
+			})
+		}
 	}
 }
 
 // BenchmarkRelease measures Release alone for a 3-rule admission.
 func BenchmarkRelease(b *testing.B) {
 	l := benchLimiter(b, bench3)
-	rs := pool(100_000)
+	rs := pool(benchPool)
 	ctx := context.Background()
 	ds := make([]*Decision, 0, 4096)
 	b.ReportAllocs()

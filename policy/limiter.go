@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/keys/identity"
@@ -123,10 +124,10 @@ type Decision struct {
 	l        *Limiter
 	p        *Policy
 	lease    Lease
-	spill    *[]Claim // the claims when there are more than fit inline
+	spill    *Claim // the first of nclaims claims when they do not fit inline
 	refused  int32    // index+1 in the claims of the refusing claim; 0 for none
 	released atomic.Bool
-	nclaims  uint8 // claims in inline (when spill is nil)
+	nclaims  uint8 // at most MaxRules
 	held     bool
 	inline   [inlineDecisionClaims]Claim
 }
@@ -138,20 +139,18 @@ const inlineDecisionClaims = 3
 // claims returns the decision's claims.
 func (d *Decision) claims() []Claim {
 	if d.spill != nil {
-		return *d.spill
+		return unsafe.Slice(d.spill, d.nclaims)
 	}
 	return d.inline[:d.nclaims]
 }
 
-// setClaims records claims, which live in d.inline when they fit.
+// setClaims records claims: d.inline[:n], or an array of their own for
+// policies of more rules than fit inline.
 func (d *Decision) setClaims(claims []Claim) {
-	if len(claims) > 0 && len(claims) <= len(d.inline) && &claims[0] == &d.inline[0] {
-		d.nclaims = uint8(len(claims))
-		return
+	d.nclaims = uint8(len(claims))
+	if len(claims) > 0 && &claims[0] != &d.inline[0] {
+		d.spill = &claims[0]
 	}
-	sp := new([]Claim) // only here: a policy of more rules than fit inline
-	*sp = claims
-	d.spill = sp
 }
 
 // Status is the HTTP status for a refused handshake: 401 for a missing
@@ -240,6 +239,9 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 		}
 	}
 	claims := d.inline[:0]
+	if len(p.rules) > len(d.inline) {
+		claims = make([]Claim, 0, len(p.rules)) // the second allocation
+	}
 	var who requestIdentity
 	for i := range p.rules {
 		rule := &p.rules[i]

@@ -2,6 +2,8 @@ package policy
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"net/netip"
 	"testing"
 	"time"
@@ -61,5 +63,55 @@ func TestMemoryStoreReleaseRehashes(t *testing.T) {
 	}
 	if n, g := s.Count("ip", a), s.Count("all", keys.Global()); n != 0 || g != 0 {
 		t.Fatalf("after a repeated release: a %d, global %d; want 0, 0", n, g)
+	}
+}
+
+// TestDecisionClaimsBeyondInline admits under policies of one to six rules
+// (the Decision holds three claims inline, more in an array of their own)
+// and checks Claims, the refusing claim and the release of every slot.
+func TestDecisionClaimsBeyondInline(t *testing.T) {
+	ctx := context.Background()
+	for n := 1; n <= 6; n++ {
+		doc := "version: 1\nrules:\n"
+		for i := 0; i < n; i++ {
+			doc += fmt.Sprintf("  - {name: r%d, key: ip, connections: %d}\n", i, 2+i)
+		}
+		p, err := Parse([]byte(doc), "n.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := NewLimiter(p, Options{})
+		store := l.Store().(*MemoryStore)
+		r := &http.Request{RemoteAddr: "192.0.2.7:1000", Header: http.Header{}}
+		d1, d2 := l.Admit(ctx, r), l.Admit(ctx, r)
+		if !d1.Allowed || !d2.Allowed {
+			t.Fatalf("%d rules: first two admissions refused", n)
+		}
+		cl := d1.Claims()
+		if len(cl) != n {
+			t.Fatalf("%d rules: %d claims", n, len(cl))
+		}
+		for i, c := range cl {
+			if c.Rule != fmt.Sprintf("r%d", i) || c.Conns != 2+i || c.Key != keys.IP(netip.MustParseAddr("192.0.2.7")) {
+				t.Fatalf("%d rules: claim %d = %+v", n, i, c)
+			}
+		}
+		// r0 (cap 2) refuses the third.
+		d3 := l.Admit(ctx, r)
+		if c, ok := d3.RefusedClaim(); d3.Allowed || !ok || c.Rule != "r0" {
+			t.Fatalf("%d rules: third admission %+v, refused claim %+v", n, d3, c)
+		}
+		for i := 0; i < n; i++ {
+			if got := store.Count(fmt.Sprintf("r%d", i), keys.IP(netip.MustParseAddr("192.0.2.7"))); got != 2 {
+				t.Fatalf("%d rules: r%d holds %d slots, want 2", n, i, got)
+			}
+		}
+		d1.Release()
+		d2.Release()
+		for i := 0; i < n; i++ {
+			if got := store.Count(fmt.Sprintf("r%d", i), keys.IP(netip.MustParseAddr("192.0.2.7"))); got != 0 {
+				t.Fatalf("%d rules: r%d holds %d slots after release", n, i, got)
+			}
+		}
 	}
 }
