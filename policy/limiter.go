@@ -125,7 +125,7 @@ type Decision struct {
 	p        *Policy
 	lease    Lease
 	spill    *Claim // the first of nclaims claims when they do not fit inline
-	refused  int32    // index+1 in the claims of the refusing claim; 0 for none
+	refused  int32  // index+1 in the claims of the refusing claim; 0 for none
 	released atomic.Bool
 	nclaims  uint8 // at most MaxRules
 	held     bool
