@@ -3,6 +3,8 @@ package concurrency
 import (
 	"fmt"
 	"hash/maphash"
+	"net/netip"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -390,4 +392,42 @@ func TestChurnAgainstMap(t *testing.T) {
 			}
 		}
 	}
+}
+
+// BenchmarkMemoryPerSlot measures the heap a Counter holds per key holding
+// one slot, over 1,000,000 keys shaped like keys.Key (56 bytes: a kind, a
+// netip.Prefix and a string), as the heap delta after a GC.
+func BenchmarkMemoryPerSlot(b *testing.B) {
+	type key struct {
+		kind   uint8
+		prefix netip.Prefix
+		str    string
+	}
+	const n = 1_000_000
+	seed := maphash.MakeSeed()
+	hash := func(k key) uint64 { return maphash.Comparable(seed, k) }
+	pool := make([]key, n)
+	for i := range pool {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		pool[i] = key{kind: 1, prefix: netip.PrefixFrom(a, 32)}
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	var perSlot float64
+	for b.Loop() {
+		before := heap()
+		c := New(hash)
+		for _, k := range pool {
+			if !c.Acquire(k, 1) {
+				b.Fatal("refused")
+			}
+		}
+		perSlot = float64(heap()-before) / float64(c.Len())
+		runtime.KeepAlive(c)
+	}
+	b.ReportMetric(perSlot, "B/slot")
 }
