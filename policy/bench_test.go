@@ -6,10 +6,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/time/rate"
@@ -291,4 +293,57 @@ func BenchmarkRelease(b *testing.B) {
 	for _, d := range ds {
 		d.Release()
 	}
+}
+
+// BenchmarkMemoryPerConnection measures the heap an in-memory Limiter holds
+// per live connection under the 3-rule policy (per-IP cap + bucket, subnet
+// cap, global cap), with 1,000,000 connections from distinct addresses and
+// max_keys raised to hold all their buckets: the Decision each connection
+// keeps (B/conn) and the store alone (store-B/conn: counters and buckets).
+// Heap deltas after a GC.
+func BenchmarkMemoryPerConnection(b *testing.B) {
+	const n = 1_000_000
+	doc := `version: 1
+state: {max_keys: 1000000}
+rules:
+  - {name: per-ip, key: ip, connections: 1000, rate: 1000000/s, burst: 1000000}
+  - {name: per-subnet, key: subnet, connections: 100000}
+  - {name: everyone, key: global, connections: 100000000}
+`
+	rs := pool(n)
+	ctx := context.Background()
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	var perConn, perStore float64
+	for b.Loop() {
+		l := benchLimiter(b, doc)
+		ds := make([]*Decision, n)
+		before := heap()
+		for i, r := range rs {
+			if ds[i] = l.Admit(ctx, r); !ds[i].Allowed {
+				b.Fatal("refused")
+			}
+		}
+		held := heap()
+		perConn = float64(held-before) / n
+		keep := make([]Claim, 0, 3*n) // what Release needs, without the Decisions
+		for _, d := range ds {
+			keep = append(keep, d.Claims()...)
+		}
+		clear(ds)
+		store := heap()
+		perStore = (float64(store) - float64(before) - float64(cap(keep))*float64(unsafe.Sizeof(Claim{}))) / n
+		for i := 0; i < len(keep); i += 3 {
+			if err := l.Store().Release(ctx, Lease{}, keep[i:i+3]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.KeepAlive(keep)
+	}
+	b.ReportMetric(perConn, "B/conn")
+	b.ReportMetric(perStore, "store-B/conn")
 }
