@@ -227,47 +227,15 @@ func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
 	return d
 }
 
+// admit is kept lean: its frame sits under the store's for the whole
+// evaluation, on the stack of a connection's fresh goroutine, where every
+// byte brings the next stack growth (a copy of the stack) closer. The work
+// before the store call is in claims, whose frame is gone by then.
 func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	p := l.policy.Load()
 	d := &Decision{l: l, p: p, Allowed: true}
-	ip, ipErr := p.clientIP.Resolve(r)
-	if ipErr == nil {
-		d.ClientIP = ip
-		if p.Exempt(ip) {
-			d.Exempt = true
-			return d
-		}
-	}
-	claims := d.inline[:0]
-	if len(p.rules) > len(d.inline) {
-		claims = make([]Claim, 0, len(p.rules)) // the second allocation
-	}
-	var who requestIdentity
-	for i := range p.rules {
-		rule := &p.rules[i]
-		k, ok := p.key(rule, r, ip, ipErr == nil, &who, l.now, d)
-		if !ok {
-			if rule.RejectMiss {
-				d.refuse(p, rule.Name, ReasonMissing, 0, k)
-				if !d.WouldReject {
-					return d
-				}
-			}
-			continue
-		}
-		claims = append(claims, Claim{
-			Rule:  rule.Name,
-			Key:   k,
-			Conns: rule.Connections,
-			Limit: rule.Limit,
-			Burst: rule.Burst,
-			state: rule.state,
-		})
-		if rule.Tiers != nil {
-			applyTier(&claims[len(claims)-1], rule, &who, p, r, l.now, d)
-		}
-	}
-	if len(claims) == 0 {
+	claims, ok := d.collect(p, r)
+	if !ok || len(claims) == 0 {
 		return d
 	}
 	lease, v, err := l.store.Admit(ctx, l.now(), claims)
@@ -276,23 +244,67 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 		d.refuse(p, "", ReasonStoreError, 0, keys.Key{})
 		return d
 	}
-	if !v.OK && v.Reason == ReasonStoreError {
-		d.refuse(p, "", ReasonStoreError, v.RetryAfter, keys.Key{})
-		return d
-	}
+	d.setClaims(claims)
 	if !v.OK {
+		d.refused = int32(v.Index + 1)
+		if v.Reason == ReasonStoreError {
+			d.refused = 0
+			d.refuse(p, "", ReasonStoreError, v.RetryAfter, keys.Key{})
+			return d
+		}
 		ra := v.RetryAfter
 		if v.Reason == ReasonConnections {
 			ra = p.capRetryAfter
 		}
 		d.refuse(p, claims[v.Index].Rule, v.Reason, ra, claims[v.Index].Key)
-		d.setClaims(claims)
-		d.refused = int32(v.Index + 1)
 		return d
 	}
-	d.setClaims(claims)
 	d.lease, d.held = lease, true
 	return d
+}
+
+// collect resolves the client and takes each rule's key from r: the claims
+// to put to the store. false means the decision is already made (an exempt
+// client, or a missing identity that refuses).
+//
+//go:noinline
+func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
+	ip, ipErr := p.clientIP.Resolve(r)
+	if ipErr == nil {
+		d.ClientIP = ip
+		if p.Exempt(ip) {
+			d.Exempt = true
+			return nil, false
+		}
+	}
+	claims := d.inline[:0]
+	if len(p.rules) > len(d.inline) {
+		claims = make([]Claim, 0, len(p.rules)) // the second allocation
+	}
+	var who requestIdentity
+	now := d.l.now
+	for i := range p.rules {
+		rule := &p.rules[i]
+		claims = claims[:len(claims)+1]
+		c := &claims[len(claims)-1]
+		var ok bool
+		if c.Key, ok = p.key(rule, r, ip, ipErr == nil, &who, now, d); !ok {
+			k := c.Key
+			claims = claims[:len(claims)-1]
+			if rule.RejectMiss {
+				d.refuse(p, rule.Name, ReasonMissing, 0, k)
+				if !d.WouldReject {
+					return nil, false
+				}
+			}
+			continue
+		}
+		c.Rule, c.Conns, c.Limit, c.Burst, c.state = rule.Name, rule.Connections, rule.Limit, rule.Burst, rule.state
+		if rule.Tiers != nil {
+			applyTier(c, rule, &who, p, r, now, d)
+		}
+	}
+	return claims, true
 }
 
 // applyTier replaces c's limits by those of the tier its verified claim

@@ -48,7 +48,7 @@ func NewMemoryStore() *MemoryStore {
 }
 
 // inlineClaims is how many claims Admit tracks without allocating.
-const inlineClaims = 6
+const inlineClaims = 4
 
 // ruleState is what the claims of one compiled rule share: the rule's
 // bucket-table bounds, and a memo of the state a MemoryStore keeps for the
@@ -139,6 +139,14 @@ func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 	if t := r.buckets.Load(); t != nil && r.maxKeys.Load() == want {
 		return t
 	}
+	return s.newTable(r, c, want)
+}
+
+// newTable creates or resizes r's bucket table; out of line, so that the
+// hot path's frame stays small.
+//
+//go:noinline
+func (s *MemoryStore) newTable(r *memRule, c *Claim, want int64) *buckets.Table[keys.Key] {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.buckets.Load()
@@ -159,7 +167,7 @@ func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 // which errs toward admitting fewer.
 func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (Lease, Verdict, error) {
 	if len(claims) > MaxRules {
-		return Lease{}, Verdict{}, fmt.Errorf("policy: %d claims, at most %d", len(claims), MaxRules)
+		return Lease{}, Verdict{}, tooManyClaims(len(claims))
 	}
 	// Small inline arrays keep the frame small (a large frame costs a
 	// goroutine stack growth on a fresh connection's goroutine); policies
@@ -203,6 +211,14 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 	return Lease{}, Verdict{OK: true}, nil
 }
 
+// tooManyClaims is out of line, like undo: the hot path's frame stays small.
+//
+//go:noinline
+func tooManyClaims(n int) error {
+	return fmt.Errorf("policy: %d claims, at most %d", n, MaxRules)
+}
+
+//go:noinline
 func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res []buckets.Reservation) {
 	for i := range claims {
 		if held[i] != nil {
