@@ -2,8 +2,8 @@
 //
 // # Overview
 //
-// A [Table] maps keys to token buckets kept in least-recently-used order,
-// at most Options.MaxKeys of them. [Table.Reserve] takes one token from a
+// A [Table] maps keys to token buckets, at most Options.MaxKeys of them,
+// dropping buckets not used lately when it is full. [Table.Reserve] takes one token from a
 // key's bucket at a given time and returns a [Reservation] that gives the
 // token back if the caller decides not to admit after all:
 //
@@ -21,7 +21,8 @@
 // reload or a per-user tier applies to keys that already have a bucket.
 //
 // The whole algorithm is in table.go: the token arithmetic, the unlocked
-// LRU of one shard, and the sharded, locked Table around it.
+// hash table of one shard with its CLOCK eviction, and the sharded, locked
+// Table around it.
 //
 // # Arithmetic
 //
@@ -72,8 +73,9 @@
 // When the bucket has since been dropped, moved by Resize, or given a new
 // limit or burst, Cancel gives nothing back. Every case errs toward
 // admitting fewer, never more. A Reservation names its bucket by shard,
-// slot and generation, so Cancel never adds a token to another key's bucket
-// that took over the slot.
+// hash and generation (which changes whenever the hash gets a new bucket
+// or new parameters), so Cancel never adds a token to another bucket; the
+// moves a shard makes within its own slots (see below) do not matter.
 //
 // # Time
 //
@@ -107,50 +109,77 @@
 // A bucket that has refilled holds as many tokens as a new one: it carries
 // no state and may be dropped. Buckets that have not refilled do carry state
 // (a client that just spent its burst), and a table that drops them lets
-// that client start afresh. When a key without a bucket arrives at a full
-// table, the table first drops the least recently used bucket if it has
-// refilled (not counted as an eviction). If it has not, the table does what
-// Options.RefuseWhenFull says:
+// that client start afresh.
 //
-//   - false (the default): evict the least recently used bucket anyway and
-//     count it in [Table.Evictions]. Every key keeps being served; under a
-//     flood of distinct keys the oldest buckets are lost, which lets their
+// The table is split into shards (see Concurrency), each with a fixed share
+// of MaxKeys; the shares add up to exactly MaxKeys, so Len never exceeds
+// it. When a key without a bucket arrives at a full shard, the shard picks
+// a bucket to drop with the CLOCK algorithm, an approximation of least
+// recently used: each bucket has a referenced bit, set when it is created
+// and whenever it is reserved, and a hand moves over the shard's slots,
+// visiting each once per turn in a fixed order unrelated to the keys' use
+// or hashes, clearing the bits it passes. The hand stops at the first
+// bucket that has refilled, which is dropped silently, or whose bit was
+// already clear: one not reserved since the hand last passed it. The hand
+// looks at no more than 16 buckets for one new key; if all 16 were
+// referenced, the one of them updated longest ago is taken. A bucket
+// reserved at least once per turn of the hand is taken only that way, when
+// it was the least recently updated of 16 referenced buckets in a row; a
+// turn takes at least as many new keys as the shard has buckets divided by
+// 16, and usually several times that, as the hand finds unreferenced
+// buckets sooner. When the bucket taken has not refilled, the table does
+// what Options.RefuseWhenFull says:
+//
+//   - false (the default): evict it anyway and count it in
+//     [Table.Evictions]. Every key keeps being served; under a flood of
+//     distinct keys the buckets not used lately are lost, which lets their
 //     keys burst again.
-//   - true: refuse the new key with Result.Full and keep every bucket. Keys
-//     that have a bucket are always served; new keys are refused until a
-//     bucket refills or the table is resized (HAProxy's nopurge).
+//   - true: drop only refilled buckets (the hand skips the others, and
+//     looks at 4 buckets, from where it stopped last), and refuse the new
+//     key with Result.Full when it finds none. Over successive refusals
+//     the hand looks at every bucket of the shard in turn. Keys that have
+//     a bucket are always served; new keys are refused until a bucket
+//     refills or the table is resized (HAProxy's nopurge).
 //
 // Both are deliberate choices, unlike nginx's limit_req/limit_conn, which
 // fail every request that needs a new entry once the zone is full.
 //
-// A bucket takes a 48-byte slot (hash, tokens, time, limit, burst,
-// generation, and the two links of the LRU list) and an entry of a Go map
-// from hash to slot. Slots are allocated as buckets arrive, doubling up to
-// the shard's capacity and never past it, and a slot is reused at once by
-// the bucket that displaces its own, so a full table allocates nothing. A
-// full table holds about 75-90 bytes per bucket; after long churn of
-// distinct keys the maps settle at up to about 100 bytes per bucket, about
-// 10 MB for MaxKeys 100,000 (BenchmarkMemoryPerKey; the baseline map of
+// A shard stores its buckets in a hash table with open addressing: 40-byte
+// slots (hash, tokens, time, limit, burst, and a word holding the
+// generation and the referenced bit), with linear probing from a slot
+// chosen by the hash, at most 70% of them in use. Finding a bucket reads
+// one slot, sometimes the next few, which are adjacent in memory; reserving
+// it writes only that slot, so a Reserve on a table too large for the CPU's
+// caches costs about one cache miss. A new key in a full shard costs one
+// more for each bucket the hand looks at (usually one or two; at most 16,
+// or 4 in refuse mode). A bucket dropped from the middle of a run of slots
+// is filled by moving the buckets after it back (backward shift deletion),
+// so no tombstones accumulate. The slots double as buckets arrive, up to
+// MaxKeys/0.7 in all and never past it, and a full table allocates
+// nothing: a full table holds about 57 bytes per bucket, about 5.7 MB for
+// MaxKeys 100,000, under long churn of distinct keys as well
+// (BenchmarkMemoryPerKey, TestMemoryBound; the baseline map of
 // rate.Limiters measured beside it takes about 230 bytes per key, without
 // a bound).
 //
-// The table is split into shards, each its own LRU with a fixed share of
-// MaxKeys; the shares add up to exactly MaxKeys, so Len never exceeds it.
-// The price of an exact bound without a global lock: a shard can be full
-// while others have room, so eviction (or refusal) starts a little before
-// Len reaches MaxKeys. With keys spread by a good hash, a table of 100,000
-// filled with 100,000 keys holds about 99% of them; of 1,000,000, about
-// 99.6%. Small tables use fewer shards (at least 64 buckets per shard) to
-// keep the eviction order close to a global LRU. [Table.Resize] keeps the
-// shards when the new size allows the same number (moving a shrunk shard's
-// buckets into smaller slots) and otherwise moves the buckets into a new
-// set of shards.
+// A shard can be full while others have room, so eviction (or refusal)
+// starts a little before Len reaches MaxKeys: the price of an exact bound
+// without a global lock. With keys spread by a good hash, a table of
+// 100,000 filled with 100,000 keys holds about 99% of them; of 1,000,000,
+// about 99.6%. Small tables use fewer shards (at least 64 buckets per
+// shard), so that each shard has enough buckets to choose from.
+//
+// [Table.Resize] keeps the shards when the new size allows the same number,
+// and otherwise moves the buckets into a new set of shards. A shard that
+// must drop buckets (or whose slots are too large for its new size) moves
+// the buckets it keeps into new slots; it keeps first those that have not
+// refilled, and of those the most recently updated.
 //
 // # Concurrency
 //
 // A Table is safe for concurrent use by multiple goroutines. Keys are spread
 // over up to 64 shards by their hash; each shard is a mutex around an
-// unlocked LRU of buckets, padded to whole cache lines so that neighbouring
+// unlocked hash table of buckets, padded to whole cache lines so that neighbouring
 // shards do not share one. Reserve and Tokens lock one shard; Len and
 // Evictions visit the shards one after another, so under concurrent use
 // their result is not a snapshot of one instant. Resize locks the shards

@@ -5,10 +5,11 @@ package buckets
 //   - token arithmetic on one bucket (slot.tokensAt, slot.take, slot.set
 //     and durationFromTokens), which follows golang.org/x/time/rate line
 //     for line for the one-token reservations the table makes;
-//   - lru, the unlocked core: the buckets of one shard, an index from a
-//     key's hash to a slot, and an intrusive least-recently-used list
-//     threaded through the slots;
-//   - shard, shardSet and Table: a mutex around each lru, the shards of
+//   - core, the unlocked heart of a shard: its buckets, stored in an
+//     open-addressed array indexed by the key's hash (linear probing,
+//     backward-shift deletion), and a CLOCK hand that picks the bucket to
+//     drop when the shard is full;
+//   - shard, shardSet and Table: a mutex around each core, the shards of
 //     one MaxKeys, and the exported API.
 
 import (
@@ -31,19 +32,31 @@ const (
 	// maxShards bounds the number of shards of a Table (a power of two).
 	maxShards = 64
 	// minShardKeys is the fewest buckets a shard is given when a Table has
-	// more than one shard: each shard is an LRU of its own, and an LRU of a
-	// handful of entries would evict almost at random.
+	// more than one shard: each shard picks the buckets to drop among its
+	// own, and a shard of a handful of buckets would drop almost at random.
 	minShardKeys = 64
 	// cacheLine is the unit shards are padded to, so that two cores
 	// locking two shards do not share a line.
 	cacheLine = 64
-	// firstSlots is the number of slots a shard allocates on its first
-	// bucket; the slots then double on demand up to the shard's capacity.
+	// firstSlots is the number of slots a shard allocates when it is
+	// made; the slots then double on demand up to sizeFor(capacity).
 	firstSlots = 16
+	// maxLoadPercent bounds the share of a shard's slots that hold a
+	// bucket, which bounds the length of a probe.
+	maxLoadPercent = 70
+	// sweepLimit bounds the buckets the CLOCK hand looks at for one new
+	// bucket in a full shard.
+	sweepLimit = 16
+	// refuseSweepLimit is sweepLimit in refuse mode, where the hand looks
+	// for a refilled bucket only and a miss refuses the new key: each
+	// bucket it looks at is likely a cache miss, and a flood of new keys
+	// would pay for all of them.
+	refuseSweepLimit = 4
 )
 
 // Options configures a Table. The zero value is a table of DefaultMaxKeys
-// buckets that evicts the least recently used bucket when full.
+// buckets that evicts a bucket not used lately when full (see "Bounded
+// memory and the full table" in the package documentation).
 type Options struct {
 	// MaxKeys bounds the number of buckets the table keeps; zero or less
 	// means DefaultMaxKeys. Len never exceeds it. Each shard of the table
@@ -70,14 +83,14 @@ type Result struct {
 }
 
 // Reservation is a token taken by Table.Reserve, which Cancel gives back.
-// It is a small value that names the bucket's slot, the generation of the
-// bucket in it and the time the token was taken; its zero value is a
-// reservation of nothing, whose Cancel does nothing.
+// It is a small value that names the bucket's shard, hash and generation
+// and the time the token was taken; its zero value is a reservation of
+// nothing, whose Cancel does nothing.
 type Reservation struct {
 	s   *shard
 	at  int64  // when the token was taken, in nanoseconds since the table's epoch
-	i   int32  // the bucket's slot
-	gen uint32 // the bucket's generation; the slot may hold another since
+	h   uint64 // the bucket's hash
+	gen uint32 // the bucket's generation; the hash may have another bucket since
 }
 
 // Cancel gives the token back to its bucket. Call it with the time given
@@ -100,7 +113,7 @@ func (r Reservation) Cancel(now time.Time) {
 		return
 	}
 	r.s.mu.Lock()
-	r.s.cancel(r.i, r.gen, r.at)
+	r.s.cancel(r.h, r.gen, r.at)
 	r.s.mu.Unlock()
 }
 
@@ -110,18 +123,27 @@ func (r Reservation) Cancel(now time.Time) {
 // saturates at about ±292 years.
 func since(t, epoch time.Time) int64 { return int64(t.Sub(epoch)) }
 
-// slot is one bucket: 48 bytes. Buckets are identified by the hash of their
-// key, not the key; see "Keys and hashes" in the package documentation.
+// slot is one bucket, or none: 40 bytes. Buckets are identified by the hash
+// of their key, not the key; see "Keys and hashes" in the package
+// documentation.
 type slot struct {
-	hash   uint64     // the key's hash; the index maps it to this slot
+	hash uint64 // the key's hash
+	// meta is the bucket's generation in its low 31 bits (zero: the slot
+	// is empty), which changes whenever the hash gets a new bucket or new
+	// parameters, and the CLOCK's referenced bit (referenced).
+	meta   uint32
+	burst  int32
 	tokens float64    // the tokens at last
 	last   int64      // the bucket's latest update, in ns since the epoch
 	limit  rate.Limit // tokens per second
-	burst  int32
-	gen    uint32 // changes whenever the slot gets a bucket or new parameters
-	prev   int32  // neighbours in the LRU list; slot 0 is its sentinel
-	next   int32
 }
+
+const (
+	referenced = 1 << 31        // slot.meta: used since the hand last passed
+	genMask    = referenced - 1 // slot.meta: the generation
+)
+
+func (b *slot) gen() uint32 { return b.meta & genMask }
 
 // tokensAt returns the tokens in b at t, as rate.Limiter.advance computes
 // them: t before the last update counts as the last update.
@@ -193,50 +215,127 @@ func (b *slot) refilled(t int64) bool {
 	return b.tokensAt(t) >= float64(b.burst)
 }
 
-// lru is the unlocked core of a Table: the buckets of one shard, at most
-// capacity of them, least recently used first out. Every method requires
-// the shard's lock.
+// core is the unlocked heart of a shard: its buckets, at most capacity of
+// them. Every method requires the shard's lock.
 //
-// The buckets live in slots[1:], in no particular order; slots[0] is the
-// sentinel of a circular doubly linked list through prev and next, most
-// recently used first. A slot, once it holds a bucket, always holds one:
-// a bucket is only dropped to make room for another, which takes its slot
-// at once, so the table needs no free list. Shrinking the capacity builds
-// a new lru instead.
-type lru struct {
-	index     map[uint64]int32 // key hash to slot
-	slots     []slot           // grown on demand up to capacity+1
-	capacity  int
+// The buckets live in slots, an open-addressed hash table: a bucket sits at
+// the first slot from its home (home, from the hash's upper 32 bits) on,
+// wrapping at the end, with no empty slot in between (linear probing). A
+// slot with a zero generation is empty. At most maxLoadPercent of the slots
+// hold a bucket, so probes stay short and always end at an empty slot. A
+// lookup that hits reads one slot (sometimes the next few, all adjacent in
+// memory), and a hit writes only the slot it read: no index, no list.
+//
+// The slots start small and double as buckets arrive, up to
+// sizeFor(capacity); each doubling moves every bucket. When the shard is
+// full, a new bucket takes the place of one chosen by a CLOCK hand (victim)
+// and the dropped bucket is deleted by backward shift, which moves the
+// buckets after it in its run back toward their homes, so that no
+// tombstones accumulate. A bucket is named by its hash and generation, not
+// its slot, so moves need no bookkeeping.
+//
+// The hand does not move to the next slot but by stride, which visits
+// every slot once per turn in an order unrelated to the hash's: a hand
+// that swept the slots in order would empty the runs behind it while those
+// ahead of it grew (new buckets land anywhere), and the runs ahead would
+// merge into ever longer ones.
+type core struct {
+	slots     []slot
+	count     int    // buckets held
+	capacity  int    // the most buckets the shard may hold
+	hand      int    // the slot the CLOCK hand looks at next
+	stride    int    // the hand's step: coprime with len(slots), about 0.618 of it
 	clock     int64  // the latest time seen; earlier times are taken as it
 	evictions uint64 // buckets dropped before they had refilled
 	gens      uint32 // the last generation handed out; 0 is never used
 }
 
-func newLRU(capacity int, clock int64, gens uint32) lru {
-	return lru{
-		index:    make(map[uint64]int32),
-		slots:    make([]slot, 1, 1+min(capacity, firstSlots-1)),
+// sizeFor returns the number of slots that holds capacity buckets at a
+// load of at most maxLoadPercent, with at least one slot left empty.
+func sizeFor(capacity int) int {
+	return max(capacity+1, (capacity*100+maxLoadPercent-1)/maxLoadPercent)
+}
+
+func newCore(capacity int, clock int64, gens uint32) core {
+	n := min(firstSlots, sizeFor(capacity))
+	return core{
+		slots:    make([]slot, n),
+		stride:   strideFor(n),
 		capacity: capacity,
 		clock:    clock,
 		gens:     gens,
 	}
 }
 
-func (c *lru) len() int { return len(c.slots) - 1 }
+// strideFor returns the hand's step over n slots: the number nearest to n
+// divided by the golden ratio that is coprime with n, so that the hand
+// visits every slot once per turn and neighbouring slots far apart in time.
+func strideFor(n int) int {
+	s := max(1, int(float64(n)*0.6180339887498949))
+	for gcd(s, n) != 1 {
+		s++
+	}
+	return s
+}
 
-func (c *lru) nextGen() uint32 {
-	c.gens++
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+func (c *core) len() int { return c.count }
+
+func (c *core) nextGen() uint32 {
+	c.gens = (c.gens + 1) & genMask
 	if c.gens == 0 {
 		c.gens = 1
 	}
 	return c.gens
 }
 
+// home returns the first slot to look at for hash h among n slots. It uses
+// the hash's upper 32 bits; the shard was chosen by its lowest bits.
+func home(h uint64, n int) int {
+	return int((h >> 32) * uint64(n) >> 32)
+}
+
+// find returns the slot holding h and true, or the empty slot where a
+// bucket for h would go and false. The shard must have slots.
+func (c *core) find(h uint64) (int, bool) {
+	s := c.slots
+	i := home(h, len(s))
+	for {
+		b := &s[i]
+		if b.meta == 0 {
+			return i, false
+		}
+		if b.hash == h {
+			return i, true
+		}
+		if i++; i == len(s) {
+			i = 0
+		}
+	}
+}
+
+// lookup returns the slot holding h, or nil.
+func (c *core) lookup(h uint64) *slot {
+	if len(c.slots) == 0 { // a retired shard
+		return nil
+	}
+	if i, ok := c.find(h); ok {
+		return &c.slots[i]
+	}
+	return nil
+}
+
 // advance moves the clock to now and returns the time to act at: now, or
 // the clock if now is earlier. x/time/rate counts the time between a
 // bucket's last update and now twice if now goes back; a monotone clock per
 // shard rules that out.
-func (c *lru) advance(now int64) int64 {
+func (c *core) advance(now int64) int64 {
 	if now < c.clock {
 		return c.clock
 	}
@@ -245,115 +344,165 @@ func (c *lru) advance(now int64) int64 {
 }
 
 // reserve is Table.Reserve for the keys of this shard. It returns the time
-// it acted at, and the slot and generation of a token to give back (zero
-// when there is none: refused, or a limit of rate.Inf).
-func (c *lru) reserve(h uint64, now int64, limit rate.Limit, burst int32, refuse bool) (at int64, i int32, gen uint32, r Result) {
+// it acted at, and the generation of the bucket a token was taken from (zero
+// when there is none to give back: refused, or a limit of rate.Inf).
+func (c *core) reserve(h uint64, now int64, limit rate.Limit, burst int32, refuse bool) (at int64, gen uint32, r Result) {
 	at = c.advance(now)
-	if i, ok := c.index[h]; ok {
+	i, ok := c.find(h)
+	if ok {
 		b := &c.slots[i]
-		c.touch(i)
+		b.meta |= referenced
 		// Policy reloads and per-user tiers reach existing buckets here.
 		// Tokens taken under the old parameters cannot be given back.
 		if b.limit != limit || b.burst != burst {
 			b.set(at, limit, burst)
-			b.gen = c.nextGen()
+			b.meta = c.nextGen() | referenced
 		}
 		if r = b.take(at); !r.OK || limit == rate.Inf {
-			return at, 0, 0, r
+			return at, 0, r
 		}
-		return at, i, b.gen, r
+		return at, b.gen(), r
 	}
 
 	// A new bucket starts full, so the take succeeds unless the burst is
 	// below one; then no bucket is made and nothing is evicted.
 	if limit != rate.Inf && burst < 1 {
-		return at, 0, 0, Result{RetryAfter: rate.InfDuration}
+		return at, 0, Result{RetryAfter: rate.InfDuration}
 	}
-	i = c.insert(h, at, refuse)
-	if i == 0 {
-		return at, 0, 0, Result{Full: true}
+	if i = c.insert(h, i, at, refuse); i < 0 {
+		return at, 0, Result{Full: true}
 	}
 	b := &c.slots[i]
-	b.tokens, b.last, b.limit, b.burst, b.gen = float64(burst), at, limit, burst, c.nextGen()
+	*b = slot{hash: h, meta: c.nextGen() | referenced, burst: burst, tokens: float64(burst), last: at, limit: limit}
 	if r = b.take(at); limit == rate.Inf {
-		return at, 0, 0, r
+		return at, 0, r
 	}
-	return at, i, b.gen, r
+	return at, b.gen(), r
 }
 
-// insert links a slot for h at the front of the list and returns it; its
-// bucket fields are the caller's to fill. When the shard is full, the least
-// recently used bucket gives up its slot: silently if it has refilled at
-// at, else counted as an eviction, or, when refuse is set, not at all:
-// insert then returns 0.
-func (c *lru) insert(h uint64, at int64, refuse bool) int32 {
-	var i int32
-	if c.len() < c.capacity {
-		i = c.grow()
-	} else {
-		i = c.slots[0].prev // the least recently used
-		oldest := &c.slots[i]
-		if !oldest.refilled(at) {
-			if refuse {
-				return 0
-			}
+// insert returns the slot for a new bucket for h, which find returned as
+// empty at i; the caller fills it in. When the shard is full, the bucket
+// the CLOCK hand picks gives up its place: silently if it has refilled at
+// at, else counted as an eviction, or, when refuse is set and the hand
+// found no refilled bucket, not at all: insert then returns -1.
+func (c *core) insert(h uint64, i int, at int64, refuse bool) int {
+	switch {
+	case c.count >= c.capacity:
+		v, evict := c.victim(at, refuse)
+		if v < 0 {
+			return -1
+		}
+		if evict {
 			c.evictions++
 		}
-		delete(c.index, oldest.hash)
-		c.unlink(i)
+		c.remove(v)
+		i, _ = c.find(h) // the shift may have moved the empty slot
+	case c.count+1 > c.room():
+		c.rehash(min(2*len(c.slots), sizeFor(c.capacity)))
+		i, _ = c.find(h)
 	}
-	c.slots[i].hash = h
-	c.index[h] = i
-	c.pushFront(i)
+	c.count++
 	return i
 }
 
-// grow appends a slot, doubling the slots' room when needed but never past
-// capacity+1, so that a full shard holds no spare room.
-func (c *lru) grow() int32 {
-	n := len(c.slots)
-	if n == cap(c.slots) {
-		grown := make([]slot, n, min(2*n, c.capacity+1))
-		copy(grown, c.slots)
-		c.slots = grown
+// room returns the number of buckets the slots may hold before they grow.
+func (c *core) room() int {
+	if len(c.slots) >= sizeFor(c.capacity) {
+		return c.capacity
 	}
-	c.slots = c.slots[:n+1]
-	return int32(n)
+	return len(c.slots) * maxLoadPercent / 100
 }
 
-// touch moves slot i to the front of the list.
-func (c *lru) touch(i int32) {
-	if c.slots[0].next != i {
-		c.unlink(i)
-		c.pushFront(i)
+// victim moves the CLOCK hand over at most sweepLimit buckets (in refuse
+// mode refuseSweepLimit), and the empty slots between them, and returns the slot of the bucket to drop for
+// a new one, and whether dropping it counts as an eviction. It takes the
+// first bucket that has refilled at at (silently) or, unless refuse is set,
+// the first whose referenced bit is clear (an eviction), clearing the
+// referenced bits it passes. When every bucket it passed was referenced and
+// none had refilled, it evicts the one of them updated longest ago, or in
+// refuse mode returns -1. The shard must hold a bucket.
+func (c *core) victim(at int64, refuse bool) (int, bool) {
+	s := c.slots
+	oldest := -1
+	limit := sweepLimit
+	if refuse {
+		limit = refuseSweepLimit
+	}
+	for seen := 0; seen < limit; {
+		i := c.hand
+		if c.hand += c.stride; c.hand >= len(s) {
+			c.hand -= len(s)
+		}
+		b := &s[i]
+		if b.meta == 0 {
+			continue
+		}
+		seen++
+		if b.refilled(at) {
+			return i, false
+		}
+		if refuse {
+			continue
+		}
+		if b.meta&referenced == 0 {
+			return i, true
+		}
+		b.meta &^= referenced
+		if oldest < 0 || b.last < s[oldest].last {
+			oldest = i
+		}
+	}
+	return oldest, oldest >= 0
+}
+
+// remove empties slot i by backward shift: each later bucket of the run
+// that may sit at i (its home is not cyclically in (i, j]) moves there, and
+// its old slot is the next to fill, until the run ends.
+func (c *core) remove(i int) {
+	s := c.slots
+	for j := i; ; {
+		if j++; j == len(s) {
+			j = 0
+		}
+		if s[j].meta == 0 {
+			break
+		}
+		k := home(s[j].hash, len(s))
+		if i <= j && i < k && k <= j || i > j && (i < k || k <= j) {
+			continue // s[j] would come before its home
+		}
+		s[i] = s[j]
+		i = j
+	}
+	s[i] = slot{}
+	c.count--
+}
+
+// rehash moves the buckets into n slots.
+func (c *core) rehash(n int) {
+	old := c.slots
+	c.slots = make([]slot, n)
+	c.hand, c.stride = 0, strideFor(n)
+	for i := range old {
+		if old[i].meta != 0 {
+			j, _ := c.find(old[i].hash)
+			c.slots[j] = old[i]
+		}
 	}
 }
 
-func (c *lru) unlink(i int32) {
-	p, n := c.slots[i].prev, c.slots[i].next
-	c.slots[p].next = n
-	c.slots[n].prev = p
-}
-
-func (c *lru) pushFront(i int32) {
-	first := c.slots[0].next
-	c.slots[i].prev, c.slots[i].next = 0, first
-	c.slots[first].prev = i
-	c.slots[0].next = i
-}
-
-// cancel gives back a token taken from slot i at at, if the slot still
-// holds that bucket with the parameters it had then (generation gen): the
-// whole token, capped at the burst, which is exact when the bucket has not
-// been updated at a later time since; else, updated at L, one token minus
-// the refill from at to L (x/time/rate's rule), which leaves the bucket with
-// no more than it would hold without the reservation. See "Giving a token
+// cancel gives back a token taken from h's bucket at at, if h still has
+// that bucket with the parameters it had then (generation gen): the whole
+// token, capped at the burst, which is exact when the bucket has not been
+// updated at a later time since; else, updated at L, one token minus the
+// refill from at to L (x/time/rate's rule), which leaves the bucket with no
+// more than it would hold without the reservation. See "Giving a token
 // back" in the package documentation.
-func (c *lru) cancel(i int32, gen uint32, at int64) {
-	if int(i) >= len(c.slots) || c.slots[i].gen != gen {
+func (c *core) cancel(h uint64, gen uint32, at int64) {
+	b := c.lookup(h)
+	if b == nil || b.gen() != gen {
 		return
 	}
-	b := &c.slots[i]
 	restore := 1.0
 	if b.last > at && b.limit > 0 {
 		restore -= time.Duration(b.last-at).Seconds() * float64(b.limit)
@@ -364,46 +513,74 @@ func (c *lru) cancel(i int32, gen uint32, at int64) {
 	b.tokens = min(b.tokens+restore, float64(b.burst))
 }
 
-// peek returns the slot of h, or nil; it does not count as a use.
-func (c *lru) peek(h uint64) *slot {
-	if i, ok := c.index[h]; ok {
-		return &c.slots[i]
-	}
-	return nil
+// held is a bucket on its way to another core, with what decides whether
+// it is kept.
+type held struct {
+	b        slot
+	refilled bool // at the latest time the table had seen
 }
 
-// oldestFirst returns the buckets from least to most recently used.
-func (c *lru) oldestFirst() []slot {
-	out := make([]slot, 0, c.len())
-	for i := c.slots[0].prev; i != 0; i = c.slots[i].prev {
-		out = append(out, c.slots[i])
+// buckets appends the shard's buckets to out, noting which have refilled
+// at t.
+func (c *core) buckets(out []held, t int64) []held {
+	for i := range c.slots {
+		if b := &c.slots[i]; b.meta != 0 {
+			out = append(out, held{*b, b.refilled(t)})
+		}
 	}
 	return out
 }
 
-// add inserts a bucket moved from another lru, making room as Reserve does
-// in evict mode at the latest time the shard has seen. The bucket gets a
-// new generation: reservations of it from before the move give nothing
-// back.
-func (c *lru) add(b slot) {
-	i := c.insert(b.hash, c.clock, false)
-	s := &c.slots[i]
-	s.tokens, s.last, s.limit, s.burst, s.gen = b.tokens, b.last, b.limit, b.burst, c.nextGen()
+// keepFirst orders buckets by how much keeping them matters, for a Resize
+// that cannot keep them all: buckets that have not refilled first (a
+// refilled bucket carries no state), then the most recently updated, then
+// the emptiest.
+func keepFirst(a, b held) int {
+	if a.refilled != b.refilled {
+		if b.refilled {
+			return -1
+		}
+		return 1
+	}
+	if c := cmp.Compare(b.b.last, a.b.last); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.b.tokens, b.b.tokens)
 }
 
-// resized returns c with the given capacity. A larger capacity keeps the
-// slots (and outstanding reservations); a smaller one moves the most
-// recently used buckets that fit into new, smaller slots, counting the
-// others as evictions unless they had refilled at the shard's clock.
-func (c *lru) resized(capacity int) lru {
-	if capacity >= c.len() && cap(c.slots) <= capacity+1 {
+// add puts a bucket moved from another core into c if it has room, with a
+// new generation: reservations of it from before the move give nothing
+// back. Otherwise the bucket is dropped, and counted as an eviction unless
+// it had refilled.
+func (c *core) add(m held) {
+	if c.count >= c.capacity {
+		if !m.refilled {
+			c.evictions++
+		}
+		return
+	}
+	i, _ := c.find(m.b.hash)
+	i = c.insert(m.b.hash, i, c.clock, false)
+	b := m.b
+	b.meta = c.nextGen() | b.meta&referenced
+	c.slots[i] = b
+}
+
+// resized returns c with the given capacity. A capacity that holds the
+// buckets and fits the slots keeps them (and outstanding reservations);
+// otherwise the buckets move into new, smaller slots, in keepFirst order
+// until the capacity is reached, and the others are dropped.
+func (c *core) resized(capacity int) core {
+	if capacity >= c.count && len(c.slots) <= sizeFor(capacity) {
 		c.capacity = capacity
 		return *c
 	}
-	next := newLRU(capacity, c.clock, c.gens)
+	next := newCore(capacity, c.clock, c.gens)
 	next.evictions = c.evictions
-	for _, b := range c.oldestFirst() {
-		next.add(b)
+	all := c.buckets(nil, c.clock)
+	slices.SortStableFunc(all, keepFirst)
+	for _, m := range all {
+		next.add(m)
 	}
 	return next
 }
@@ -413,7 +590,7 @@ type shardState struct {
 	mu      sync.Mutex
 	retired bool      // replaced by Resize: look the shard up again
 	epoch   time.Time // the table's; read-only
-	lru
+	core
 }
 
 // shard is a shardState padded to whole cache lines.
@@ -461,7 +638,7 @@ func newShardSet(maxKeys int, epoch time.Time, clock int64, carried uint64) *sha
 	}
 	for i := range s.shards {
 		s.shards[i].epoch = epoch
-		s.shards[i].lru = newLRU(shardCapacity(maxKeys, n, i), clock, 0)
+		s.shards[i].core = newCore(shardCapacity(maxKeys, n, i), clock, 0)
 	}
 	return s
 }
@@ -527,10 +704,12 @@ func clampBurst(burst int) int32 {
 //
 // When the result is OK, the Reservation gives the token back if the
 // caller's other checks fail. Otherwise nothing was spent and the
-// Reservation is the zero value. When k has no bucket and the table is
-// full, the least recently used bucket is dropped if it has refilled;
-// otherwise the table evicts it (counted by Evictions) or, in refuse mode,
-// returns Result.Full.
+// Reservation is the zero value. When k has no bucket and k's shard is
+// full, a bucket that has refilled is dropped if the shard's CLOCK hand
+// finds one; otherwise the table evicts a bucket not used since the hand
+// last passed it (counted by Evictions) or, in refuse mode, returns
+// Result.Full. See "Bounded memory and the full table" in the package
+// documentation.
 func (t *Table[K]) Reserve(k K, now time.Time, limit rate.Limit, burst int) (Reservation, Result) {
 	return t.ReserveHash(t.hash(k), now, limit, burst)
 }
@@ -541,7 +720,7 @@ func (t *Table[K]) Reserve(k K, now time.Time, limit rate.Limit, burst int) (Res
 func (t *Table[K]) ReserveHash(h uint64, now time.Time, limit rate.Limit, burst int) (Reservation, Result) {
 	n := since(now, t.epoch)
 	s := t.lock(h)
-	at, i, gen, r := s.reserve(h, n, limit, clampBurst(burst), t.refuse)
+	at, gen, r := s.reserve(h, n, limit, clampBurst(burst), t.refuse)
 	s.mu.Unlock()
 	if r.RetryAfter > 0 && r.RetryAfter != rate.InfDuration && at > n {
 		// Measured from the caller's now, which the shard took as at.
@@ -552,7 +731,7 @@ func (t *Table[K]) ReserveHash(h uint64, now time.Time, limit rate.Limit, burst 
 	if gen == 0 {
 		return Reservation{}, r
 	}
-	return Reservation{s: s, at: at, i: i, gen: gen}, r
+	return Reservation{s: s, at: at, h: h, gen: gen}, r
 }
 
 // Tokens returns the tokens in k's bucket at now, and false if k has no
@@ -562,7 +741,7 @@ func (t *Table[K]) Tokens(k K, now time.Time) (float64, bool) {
 	h := t.hash(k)
 	s := t.lock(h)
 	defer s.mu.Unlock()
-	if b := s.peek(h); b != nil {
+	if b := s.lookup(h); b != nil {
 		return b.tokensAt(since(now, t.epoch)), true
 	}
 	return 0, false
@@ -598,17 +777,17 @@ func (t *Table[K]) Evictions() uint64 {
 }
 
 // Resize sets the table's MaxKeys (zero or less: DefaultMaxKeys), dropping
-// the least recently used buckets that no longer fit. Resize takes no time:
-// a dropped bucket counts as an eviction unless it had refilled at the
-// latest time its shard has seen.
+// the buckets that no longer fit: first those that have refilled, then
+// those updated longest ago (among buckets updated at the same time, the
+// fullest). Resize takes no time: a dropped bucket counts as an eviction
+// unless it had refilled at the latest time its shard has seen (the latest
+// any shard has seen, when the buckets move to new shards).
 //
 // When the new size calls for the same number of shards, Resize resizes
 // them one by one; a shrunk shard moves its buckets into smaller slots, so
 // that its memory shrinks too. When it calls for another number, Resize
 // moves every bucket into a new set of shards, holding every shard lock
-// meanwhile; the order of use is kept within each old shard and
-// approximated across them. Outstanding reservations of moved buckets give
-// nothing back.
+// meanwhile. Outstanding reservations of moved buckets give nothing back.
 func (t *Table[K]) Resize(maxKeys int) {
 	maxKeys = orDefault(maxKeys)
 	t.resizeMu.Lock()
@@ -622,7 +801,7 @@ func (t *Table[K]) Resize(maxKeys int) {
 		for i := range old.shards {
 			s := &old.shards[i]
 			s.mu.Lock()
-			s.lru = s.resized(shardCapacity(maxKeys, n, i))
+			s.core = s.resized(shardCapacity(maxKeys, n, i))
 			s.mu.Unlock()
 		}
 		old.maxKeys = maxKeys // guarded by resizeMu
@@ -632,30 +811,22 @@ func (t *Table[K]) Resize(maxKeys int) {
 	for i := range old.shards {
 		old.shards[i].mu.Lock()
 	}
-	// Order the buckets from least to most recently used, as far as the
-	// old shards tell: each shard knows its own order, and a bucket's rank
-	// within its shard, as a fraction of the shard's length, stands in for
-	// its place in the global order.
-	type moved struct {
-		rank float64
-		b    slot
-	}
-	var all []moved
+	// Every bucket goes to its new shard in keepFirst order, so that a
+	// shard that cannot keep them all keeps those that matter most.
+	var all []held
 	clock := int64(math.MinInt64)
 	carried := old.carried
 	for i := range old.shards {
-		s := &old.shards[i]
-		clock = max(clock, s.clock)
-		carried += s.evictions
-		buckets := s.oldestFirst()
-		for j, b := range buckets {
-			all = append(all, moved{float64(j+1) / float64(len(buckets)), b})
-		}
+		clock = max(clock, old.shards[i].clock)
+		carried += old.shards[i].evictions
 	}
-	slices.SortStableFunc(all, func(a, b moved) int { return cmp.Compare(a.rank, b.rank) })
+	for i := range old.shards {
+		all = old.shards[i].buckets(all, clock)
+	}
+	slices.SortStableFunc(all, keepFirst)
 	next := newShardSet(maxKeys, t.epoch, clock, 0)
 	for _, m := range all {
-		next.shards[m.b.hash&next.mask].add(m.b)
+		next.shards[m.b.hash&next.mask].add(m)
 	}
 	for i := range next.shards {
 		carried += next.shards[i].evictions
@@ -666,7 +837,7 @@ func (t *Table[K]) Resize(maxKeys int) {
 	for i := range old.shards {
 		s := &old.shards[i]
 		s.retired = true
-		s.lru = lru{} // frees the slots; Cancel finds none
+		s.core = core{} // frees the slots; Cancel finds none
 		s.mu.Unlock()
 	}
 }

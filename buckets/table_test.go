@@ -412,8 +412,8 @@ func TestResize(t *testing.T) {
 			// A shrunk table gives its memory back.
 			set = tb.set.Load()
 			for i := range set.shards {
-				if s := &set.shards[i]; cap(s.slots) > s.capacity+1 {
-					t.Fatalf("shard %d: room for %d slots, capacity %d", i, cap(s.slots), s.capacity)
+				if s := &set.shards[i]; len(s.slots) > sizeFor(s.capacity) || cap(s.slots) > len(s.slots) {
+					t.Fatalf("shard %d: %d slots (room for %d), capacity %d", i, len(s.slots), cap(s.slots), s.capacity)
 				}
 			}
 			for i := range uint64(2 * orDefault(tc.to)) {
@@ -473,22 +473,42 @@ func TestResizeConcurrent(t *testing.T) {
 	}
 }
 
-// TestLRUOrder guards the order of eviction: a hit makes a bucket the most
-// recently used, so a new key evicts the bucket least recently reserved.
-func TestLRUOrder(t *testing.T) {
+// TestClockOrder guards the order of eviction: a full shard evicts a
+// bucket that has not been used since the CLOCK hand last passed it, so a
+// bucket used since survives a new key. (A new bucket starts referenced.)
+func TestClockOrder(t *testing.T) {
 	tb := New(Options{MaxKeys: 3}, hashString) // one shard
-	for _, k := range []string{"a", "b", "c", "a", "d"} {
+	reserve := func(k string) {
+		t.Helper()
 		if _, r := tb.Reserve(k, t0, 1, 2); !r.OK {
 			t.Fatalf("%s: %+v, want OK", k, r)
 		}
 	}
-	for k, want := range map[string]bool{"a": true, "b": false, "c": true, "d": true} {
-		if _, ok := tb.Tokens(k, t0); ok != want {
-			t.Errorf("%s has a bucket: %v, want %v", k, ok, want)
+	has := func(k string) bool { _, ok := tb.Tokens(k, t0); return ok }
+	for _, k := range []string{"a", "b", "c", "d"} {
+		reserve(k)
+	}
+	// d found a, b and c all referenced: the hand cleared them, evicted
+	// one, and left the other two unreferenced; d starts referenced.
+	var left []string
+	for _, k := range []string{"a", "b", "c"} {
+		if has(k) {
+			left = append(left, k)
 		}
 	}
-	if n := tb.Evictions(); n != 1 {
-		t.Errorf("Evictions = %d, want 1", n)
+	if len(left) != 2 || !has("d") {
+		t.Fatalf("after d: %v and d=%v hold buckets, want two of a, b, c and d", left, has("d"))
+	}
+	used, unused := left[0], left[1]
+	reserve(used)
+	reserve("e") // must evict unused: the only unreferenced bucket
+	for k, want := range map[string]bool{used: true, unused: false, "d": true, "e": true} {
+		if has(k) != want {
+			t.Errorf("%s has a bucket: %v, want %v", k, has(k), want)
+		}
+	}
+	if n := tb.Evictions(); n != 2 {
+		t.Errorf("Evictions = %d, want 2", n)
 	}
 }
 
@@ -538,10 +558,12 @@ func TestCancelAfterSlotReuse(t *testing.T) {
 		for i := range 63 {
 			tb.Reserve(fmt.Sprint(i), t0, 1, 3)
 		}
-		res, _ := tb.Reserve("a", t0, 1, 3)
+		// The most recently updated bucket is kept.
+		ms := at(time.Millisecond)
+		res, _ := tb.Reserve("a", ms, 1, 3)
 		tb.Resize(63) // moves 63 of the 64 buckets into smaller slots
-		res.Cancel(t0)
-		if got, _ := tb.Tokens("a", t0); got != 2 {
+		res.Cancel(ms)
+		if got, _ := tb.Tokens("a", ms); got != 2 {
 			t.Fatalf("%v tokens after Cancel, want 2 (nothing restored)", got)
 		}
 	})
@@ -598,8 +620,8 @@ func TestShardPadding(t *testing.T) {
 	if n := unsafe.Sizeof(shard{}); n%cacheLine != 0 {
 		t.Errorf("shard is %d bytes, not a multiple of %d", n, cacheLine)
 	}
-	if n := unsafe.Sizeof(slot{}); n != 48 {
-		t.Errorf("slot is %d bytes, want 48", n)
+	if n := unsafe.Sizeof(slot{}); n != 40 {
+		t.Errorf("slot is %d bytes, want 40", n)
 	}
 }
 
