@@ -179,11 +179,11 @@
 //
 // A Table is safe for concurrent use by multiple goroutines. Keys are spread
 // over up to 64 shards by their hash; each shard is a mutex around an
-// unlocked hash table of buckets, padded to whole cache lines so that neighbouring
-// shards do not share one. Reserve and Tokens lock one shard; Len and
-// Evictions visit the shards one after another, so under concurrent use
-// their result is not a snapshot of one instant. Resize locks the shards
-// one by one, or all of them while it moves buckets to a new set of
-// shards. A Reservation may be cancelled from any goroutine; Cancel locks
+// unlocked hash table of buckets, padded to whole cache lines so that
+// neighbouring shards do not share one. Reserve and Tokens lock one shard;
+// Len and Evictions visit the shards one after another, so under
+// concurrent use their result is not a snapshot of one instant. Resize
+// locks the shards one by one, or all of them while it moves buckets to a
+// new set of shards. A Reservation may be cancelled from any goroutine; Cancel locks
 // only its bucket's shard.
 package buckets
