@@ -23,14 +23,14 @@
 // sorted set per rule and key, scored by its expiry. The Store refreshes
 // all its live leases every RefreshInterval in one pipelined round trip;
 // the leases of an instance that crashed stop being refreshed and expire
-// after LeaseTTL, giving their slots back. A token bucket is a hash per
-// rule and key holding its tokens and last refill time. All times come from
+// after LeaseTTL, giving their slots back. A token bucket is a string per
+// rule and key holding its tokens and last refill time ("<tokens> <ms>"). All times come from
 // the Redis server clock (TIME), so clock skew between instances cannot
 // mint tokens; the now passed to Admit is used only by the fallback store.
 // Keys expire when idle: a bucket once it has refilled, a lease set when its
 // last lease would expire.
 //
-// Keys are <prefix><rule>:{<key>}:c for leases and <prefix><rule>:{<key>}:b
+// Keys are <prefix><rule>:{<key>}:c for leases and <prefix><rule>:{<key>}:t
 // for buckets, where <key> is keys.Key.String. Keys are namespaced by rule
 // name, so a policy reload that keeps a rule keeps its counts.
 //

@@ -15,7 +15,7 @@ import "github.com/redis/go-redis/v9"
 // admitSrc checks every claim, then commits all of them or none.
 //
 // KEYS: for claim i (1-based), KEYS[2i-1] is its lease ZSET and KEYS[2i] its
-// bucket HASH.
+// bucket STRING.
 // ARGV[1]: the lease member; ARGV[2]: lease TTL in ms; then for claim i,
 // ARGV[3i] = connection cap (0: none), ARGV[3i+1] = tokens per ms (0: no
 // bucket), ARGV[3i+2] = burst.
@@ -24,80 +24,115 @@ import "github.com/redis/go-redis/v9"
 // claim refused: reason 1 = connection cap, 2 = rate (retry_ms is the time
 // until the bucket holds one token, -1 when never).
 //
-// Every redis.call costs Redis about a microsecond, so the script makes as
-// few as it can: a lease set costs ZCARD, ZADD, PTTL and PEXPIRE (expired
-// members are swept only when they could matter, when the set looks full),
-// a bucket HMGET, HSET and PEXPIRE.
+// Every redis.call costs Redis about half a microsecond to a microsecond,
+// and so does every number Lua hands Redis as an argument (it is formatted
+// with %.17g), so the script makes as few calls as it can and passes text
+// it already has. Per claim:
+//
+//   - a lease set: ZCARD, ZADD, PEXPIRE (ZREMRANGEBYSCORE too, only when
+//     the set looks full: expired members left by a dead instance matter
+//     only then);
+//   - a bucket: GET and SET ... PX (tokens and time in one value, the
+//     expiry set with it);
+//
+// and once per admission TIME. The first lease set's ZADD comes before the
+// checks, with NX: its reply tells a client retry of an admission that
+// already committed (answered yes again rather than charged twice), and a
+// refusal takes it back with ZREM, so a refusal still leaves nothing.
+//
+// A lease set's expiry must cover its longest lease, and instances may run
+// different lease TTLs: PEXPIRE ... GT (Redis 7.0) only ever extends it. A
+// set this admission created has no expiry yet (GT would not set one): it
+// gets a plain PEXPIRE. Before Redis 7.0 the script reads PTTL first.
 const admitSrc = `
 if redis.replicate_commands then redis.replicate_commands() end
 local member = ARGV[1]
-local ttl = tonumber(ARGV[2])
+local ttls = ARGV[2]
+local ttl = tonumber(ttls)
 local n = #KEYS / 2
+local gt = redis.REDIS_VERSION_NUM ~= nil
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local exp = string.format('%d', now + ttl)
 
--- A client retry of an admission that already committed finds its member:
--- answer yes again rather than spend a second time.
+local caps, rates, bursts = {}, {}, {}
+local first = 0
 for i = 1, n do
-  if tonumber(ARGV[3*i]) > 0 then
-    if redis.call('ZSCORE', KEYS[2*i-1], member) then return {1} end
-    break
-  end
+  caps[i] = tonumber(ARGV[3*i])
+  rates[i] = tonumber(ARGV[3*i+1])
+  bursts[i] = tonumber(ARGV[3*i+2])
+  if first == 0 and caps[i] > 0 then first = i end
+end
+
+-- The first lease goes in now; a member already there is a retry of an
+-- admission that committed.
+if first > 0 and redis.call('ZADD', KEYS[2*first-1], 'NX', exp, member) == 0 then
+  return {1}
+end
+local function refuse(i, reason, retry)
+  if first > 0 then redis.call('ZREM', KEYS[2*first-1], member) end
+  return {0, i, reason, retry}
 end
 
 -- Check every claim; nothing below writes state that a refusal must undo
--- (dropping expired leases changes no live count). tokens[i] is claim i's
--- bucket level after refill.
-local tokens = {}
+-- (dropping expired leases changes no live count). cards[i] is claim i's
+-- lease count before this admission, tokens[i] its bucket level after
+-- refill.
+local cards, tokens = {}, {}
 for i = 1, n do
-  local cap = tonumber(ARGV[3*i])
+  local cap = caps[i]
   if cap > 0 then
     local ck = KEYS[2*i-1]
+    local card = redis.call('ZCARD', ck)
+    if i == first then card = card - 1 end
     -- Expired leases still count in ZCARD, so a set below its cap has room
     -- whatever they are; only a set that looks full needs sweeping.
-    local card = redis.call('ZCARD', ck)
     if card >= cap then
       card = card - redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
-      if card >= cap then return {0, i, 1, 0} end
+      if card >= cap then return refuse(i, 1, 0) end
     end
+    cards[i] = card
   end
-  local rate = tonumber(ARGV[3*i+1])
+  local rate = rates[i]
   if rate > 0 then
-    local burst = tonumber(ARGV[3*i+2])
-    if burst < 1 then return {0, i, 2, -1} end
-    local v = redis.call('HMGET', KEYS[2*i], 't', 'ts')
+    local burst = bursts[i]
+    if burst < 1 then return refuse(i, 2, -1) end
     local tk = burst
-    if v[1] then
-      local el = now - tonumber(v[2])
+    local v = redis.call('GET', KEYS[2*i])
+    if v then
+      local sp = string.find(v, ' ', 1, true)
+      local el = now - tonumber(string.sub(v, sp + 1))
       if el < 0 then el = 0 end
-      tk = math.min(burst, tonumber(v[1]) + el * rate)
+      tk = math.min(burst, tonumber(string.sub(v, 1, sp - 1)) + el * rate)
     end
-    if tk < 1 then return {0, i, 2, math.ceil((1 - tk) / rate)} end
+    if tk < 1 then return refuse(i, 2, math.ceil((1 - tk) / rate)) end
     tokens[i] = tk
   end
 end
 
 -- Commit: every check passed.
-local exp = now + ttl
-local ts = string.format('%d', now)
 for i = 1, n do
-  if tonumber(ARGV[3*i]) > 0 then
+  local card = cards[i]
+  if card then
     local ck = KEYS[2*i-1]
-    redis.call('ZADD', ck, exp, member)
-    -- The new lease expires last unless another instance runs a longer
-    -- lease TTL: the set lives until its last lease would expire.
-    if redis.call('PTTL', ck) < ttl then redis.call('PEXPIRE', ck, ttl) end
+    if i ~= first then redis.call('ZADD', ck, exp, member) end
+    if card == 0 then
+      redis.call('PEXPIRE', ck, ttls)
+    elseif gt then
+      redis.call('PEXPIRE', ck, ttls, 'GT')
+    elseif redis.call('PTTL', ck) < ttl then
+      redis.call('PEXPIRE', ck, ttls)
+    end
   end
   local tk = tokens[i]
   if tk then
-    local rate = tonumber(ARGV[3*i+1])
-    local burst = tonumber(ARGV[3*i+2])
-    local bk = KEYS[2*i]
+    local rate = rates[i]
     tk = tk - 1
-    redis.call('HSET', bk, 't', string.format('%.17g', tk), 'ts', ts)
-    local full = math.ceil((burst - tk) / rate)
+    -- The key lives until the bucket would be full again: a full bucket
+    -- is the same as none.
+    local full = math.ceil((bursts[i] - tk) / rate)
     if full < 1 then full = 1 end
-    redis.call('PEXPIRE', bk, full)
+    redis.call('SET', KEYS[2*i], string.format('%.17g %d', tk, now), 'PX', full)
   end
 end
 return {1}

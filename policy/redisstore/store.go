@@ -337,14 +337,17 @@ func (s *Store) load(ctx context.Context) error {
 }
 
 // keys returns the lease set and bucket keys of a claim:
-// <prefix><rule>:{<key>}:c and <prefix><rule>:{<key>}:b (the lease set key
-// again when the claim has no bucket, to save building a key).
+// <prefix><rule>:{<key>}:c and <prefix><rule>:{<key>}:t (the lease set key
+// again when the claim has no bucket, to save building a key). Buckets were
+// hashes under :b before they became strings: the new suffix keeps
+// instances of both versions, during a rolling upgrade, out of each
+// other's way (WRONGTYPE).
 func (s *Store) keys(c *policy.Claim) (conn, bucket string) {
 	conn = s.prefix + c.Rule + ":{" + c.Key.String() + "}:c"
 	if !hasRate(c) {
 		return conn, conn // the bucket key is not used
 	}
-	return conn, conn[:len(conn)-1] + "b"
+	return conn, conn[:len(conn)-1] + "t"
 }
 
 func hasRate(c *policy.Claim) bool { return c.Limit > 0 && c.Limit != rate.Inf }
@@ -385,22 +388,7 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 
 	id := s.nextID.Add(1)
 	rec := &lease{member: s.member(id), conns: make([]connSlot, 0, conns)}
-	keys := make([]string, 0, 2*len(claims))
-	args := make([]any, 0, 2+3*len(claims))
-	args = append(args, rec.member, s.ttlMS)
-	for i := range claims {
-		c := &claims[i]
-		ck, bk := s.keys(c)
-		keys = append(keys, ck, bk)
-		capN, perMS, burst := max(c.Conns, 0), 0.0, 0
-		if hasRate(c) {
-			perMS, burst = float64(c.Limit)/1000, c.Burst
-		}
-		args = append(args, capN, perMS, burst)
-		if capN > 0 {
-			rec.conns = append(rec.conns, connSlot{key: ck, cap: capN})
-		}
-	}
+	keys, args := s.admitArgs(rec, claims)
 
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	res, err := s.sc.admit.Run(cctx, s.client, keys, args...).Int64Slice()
@@ -434,6 +422,28 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 		}
 	}
 	return policy.Lease{}, v, nil
+}
+
+// admitArgs returns the KEYS and ARGV of the admission script for claims
+// (see admitSrc) and records in rec the lease sets it will belong to.
+func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, args []any) {
+	keys = make([]string, 0, 2*len(claims))
+	args = make([]any, 0, 2+3*len(claims))
+	args = append(args, rec.member, s.ttlMS)
+	for i := range claims {
+		c := &claims[i]
+		ck, bk := s.keys(c)
+		keys = append(keys, ck, bk)
+		capN, perMS, burst := max(c.Conns, 0), 0.0, 0
+		if hasRate(c) {
+			perMS, burst = float64(c.Limit)/1000, c.Burst
+		}
+		args = append(args, capN, perMS, burst)
+		if capN > 0 {
+			rec.conns = append(rec.conns, connSlot{key: ck, cap: capN})
+		}
+	}
+	return keys, args
 }
 
 // degrade applies OnError to an admission Redis could not decide.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -244,16 +245,31 @@ func TestAllOrNothingAcrossInstances(t *testing.T) {
 			if got := zcard(t, c, ck); got != int64(tc.want) {
 				t.Fatalf("first rule holds %d slots, want %d (refusals must hold nothing)", got, tc.want)
 			}
-			tok, err := c.HGet(context.Background(), bk, "t").Float64()
-			if err != nil {
-				t.Fatal(err)
-			}
+			tok := bucketTokens(t, c, bk)
 			// One token per hour refills ~0.0003 per second of test.
 			if want := float64(50 - tc.want); tok < want || tok > want+0.01 {
 				t.Fatalf("first rule's bucket holds %.4f tokens, want %v (refusals must spend nothing)", tok, want)
 			}
 		})
 	}
+}
+
+// bucketTokens reads the tokens a bucket key holds ("<tokens> <ms>").
+func bucketTokens(t testing.TB, c redis.UniversalClient, key string) float64 {
+	t.Helper()
+	v, err := c.Get(context.Background(), key).Result()
+	if err != nil {
+		t.Fatalf("GET %s: %v", key, err)
+	}
+	tk, ms, ok := strings.Cut(v, " ")
+	if _, err := strconv.ParseInt(ms, 10, 64); !ok || err != nil {
+		t.Fatalf("bucket %s = %q, want \"<tokens> <ms>\"", key, v)
+	}
+	f, err := strconv.ParseFloat(tk, 64)
+	if err != nil {
+		t.Fatalf("bucket %s = %q: %v", key, v, err)
+	}
+	return f
 }
 
 // TestReleaseExactlyOnce: a second Release of a lease, from any goroutine or
