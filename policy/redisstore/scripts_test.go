@@ -2,9 +2,12 @@ package redisstore
 
 import (
 	"context"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
 	"github.com/wslimit/wslimit/keys"
@@ -154,5 +157,137 @@ func TestEveryKeyHasTTL(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no keys written")
+	}
+}
+
+// pipelineHook runs before, once, ahead of the next pipeline the client
+// sends (the refresh).
+type pipelineHook struct{ before atomic.Pointer[func()] }
+
+func (h *pipelineHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *pipelineHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *pipelineHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if f := h.before.Swap(nil); f != nil {
+			(*f)()
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestRefreshResult checks how the store reads the refresh script's reply,
+// {lost, key, member, ...}: leases deleted behind the store's back are put
+// back where their cap has room (in the right set) and counted as lost
+// where it has not; a lease released while the refresh is in flight, and
+// put back by it, is taken out again.
+func TestRefreshResult(t *testing.T) {
+	addr := sharedAddr(t)
+	c, _ := newClient(t, addr)
+	hook := &pipelineHook{}
+	c.AddHook(hook)
+	// The refresher's own ticks stay out of the way: the test calls sync.
+	s := newStore(t, c, Options{OnError: FailDeny, Prefix: uniquePrefix(t), LeaseTTL: time.Hour})
+	ctx := context.Background()
+	tight := conns("per-ip", "10.0.0.4", 2)
+	roomy := conns("per-user", "hana", 10)
+	claims := []policy.Claim{tight, roomy}
+	tk, _ := s.keys(&tight)
+	rk, _ := s.keys(&roomy)
+
+	var ls []policy.Lease
+	for range 2 {
+		l, v, err := s.Admit(ctx, time.Now(), claims)
+		if err != nil || !v.OK {
+			t.Fatalf("Admit = %+v, %v", v, err)
+		}
+		ls = append(ls, l)
+	}
+	members := []string{s.member(ls[0].ID), s.member(ls[1].ID)}
+
+	// Behind the store's back: both leases vanish from both sets, and
+	// another instance takes the tight set's two slots.
+	for _, k := range []string{tk, rk} {
+		if err := c.ZRem(ctx, k, members[0], members[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	far := float64(time.Now().Add(time.Hour).UnixMilli())
+	if err := c.ZAdd(ctx, tk, redis.Z{Score: far, Member: "other:1"}, redis.Z{Score: far, Member: "other:2"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	s.sync(ctx, true)
+	if st := s.Stats(); st.Lost != 2 || st.Pending != 0 || st.Live != 2 {
+		t.Fatalf("after refresh: %+v, want Lost 2 (both leases in the full set), nothing pending, 2 live", st)
+	}
+	for _, m := range members {
+		if err := c.ZScore(ctx, rk, m).Err(); err != nil {
+			t.Fatalf("lease %s not put back in the set with room: %v", m, err)
+		}
+		if err := c.ZScore(ctx, tk, m).Err(); err != redis.Nil {
+			t.Fatalf("lease %s put back in the full set: %v", m, err)
+		}
+	}
+	s.sync(ctx, true) // a second refresh keeps them: nothing was misread as stale
+	if n := zcard(t, c, rk); n != 2 {
+		t.Fatalf("set with room holds %d leases after a second refresh, want 2", n)
+	}
+
+	// Room again in the tight set: the lost leases come back.
+	if err := c.ZRem(ctx, tk, "other:1", "other:2").Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.sync(ctx, true)
+	if st := s.Stats(); st.Lost != 0 {
+		t.Fatalf("after room came back: %+v, want Lost 0", st)
+	}
+	if n := zcard(t, c, tk); n != 2 {
+		t.Fatalf("tight set holds %d leases, want 2", n)
+	}
+
+	// Released while the refresh is in flight: the lease is gone from Redis
+	// (behind the store's back again) and from the store after the refresh
+	// read the live leases, so the refresh puts it back; the store must
+	// take it out again.
+	for _, k := range []string{tk, rk} {
+		if err := c.ZRem(ctx, k, members[0]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release := func() {
+		if err := s.Release(ctx, ls[0], claims); err != nil {
+			t.Error(err)
+		}
+	}
+	hook.before.Store(&release)
+	s.sync(ctx, true)
+	if hook.before.Load() != nil {
+		t.Fatal("the refresh sent no pipeline")
+	}
+	if st := s.Stats(); st.Live != 1 || st.Pending != 2 {
+		t.Fatalf("after the racing release: %+v, want 1 live and 2 pending removals", st)
+	}
+	s.sync(ctx, false)
+	for _, k := range []string{tk, rk} {
+		if err := c.ZScore(ctx, k, members[0]).Err(); err != redis.Nil {
+			t.Fatalf("released lease still in %s: %v", k, err)
+		}
+		if err := c.ZScore(ctx, k, members[1]).Err(); err != nil {
+			t.Fatalf("live lease missing from %s: %v", k, err)
+		}
+	}
+	if st := s.Stats(); st.Pending != 0 || st.Live != 1 {
+		t.Fatalf("stats = %+v, want nothing pending, 1 live", st)
+	}
+
+	// The reply format itself: {lost, key, member, ...}.
+	s.mu.Lock()
+	lost, back, stale := s.refreshResultLocked([]any{int64(3), "k1", members[1], "k2", "gone:7"})
+	s.mu.Unlock()
+	if lost != 3 || back != 2 || len(stale) != 1 || stale[0] != (slot{key: "k2", member: "gone:7"}) {
+		t.Fatalf("refreshResultLocked = %d, %d, %v; want 3, 2, [{k2 gone:7}]", lost, back, stale)
+	}
+	if !strings.HasPrefix(members[1], s.instance+":") {
+		t.Fatalf("member %q lacks the instance prefix", members[1])
 	}
 }

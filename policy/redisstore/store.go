@@ -734,29 +734,16 @@ func (s *Store) sync(ctx context.Context, refresh bool) {
 	s.succeeded()
 
 	var lost int64
-	var stale []slot
 	readded := 0
 	s.mu.Lock()
 	for _, c := range refreshes {
 		vals, _ := c.Slice()
-		if len(vals) == 0 {
-			continue
-		}
-		n, _ := vals[0].(int64)
+		n, back, stale := s.refreshResultLocked(vals)
 		lost += n
-		for i := 1; i+1 < len(vals); i += 2 {
-			k, _ := vals[i].(string)
-			m, _ := vals[i+1].(string)
-			readded++
-			// A lease released while this refresh was in flight must not
-			// come back: take it out again.
-			if !s.liveLocked(m) {
-				stale = append(stale, slot{key: k, member: m})
-			}
+		readded += back
+		for _, sl := range stale {
+			s.queueLocked(sl)
 		}
-	}
-	for _, sl := range stale {
-		s.queueLocked(sl)
 	}
 	s.mu.Unlock()
 	if refresh && s.lost.Swap(lost) != lost && lost > 0 {
@@ -767,6 +754,27 @@ func (s *Store) sync(ctx context.Context, refresh bool) {
 		s.log.LogAttrs(context.Background(), slog.LevelInfo, "redisstore: leases admitted while Redis was unreachable now count in Redis",
 			slog.Int("leases", readded))
 	}
+}
+
+// refreshResultLocked reads one refresh script reply, {lost, key, member,
+// key, member, ...} (see refreshSrc): the number of lost slots, the number
+// of members put back, and those put back for leases that are no longer
+// live (released while the refresh was in flight), which must be taken out
+// again. s.mu is held.
+func (s *Store) refreshResultLocked(vals []any) (lost int64, readded int, stale []slot) {
+	if len(vals) == 0 {
+		return 0, 0, nil
+	}
+	lost, _ = vals[0].(int64)
+	for i := 1; i+1 < len(vals); i += 2 {
+		k, _ := vals[i].(string)
+		m, _ := vals[i+1].(string)
+		readded++
+		if !s.liveLocked(m) {
+			stale = append(stale, slot{key: k, member: m})
+		}
+	}
+	return lost, readded, stale
 }
 
 // liveLocked reports whether member names a live lease of this store.
