@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every benchmark quoted in docs/benchmarks.md, -count=10 unless noted,
+# and writes the raw output to docs/bench.txt, the benchstat medians to
+# docs/benchstat.txt and the charts to docs/*.png.
+#
+#   bash docs/bench.sh            # everything (about 25 minutes on 2 cores)
+#   bash docs/bench.sh policy ws  # only the named groups
+#
+# Groups: policy, memory, buckets, concurrency, keys, identity, ws, redis.
+# Run it on an otherwise idle machine: the figures are only as quiet as the
+# cores. The Redis group needs redis-server on PATH (or WSLIMIT_REDIS_ADDR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=${WSLIMIT_BENCH_OUT:-docs/bench.txt}
+count=${WSLIMIT_BENCH_COUNT:-10}
+benchstat=golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+groups=("$@")
+[ ${#groups[@]} -gt 0 ] || groups=(policy memory buckets concurrency keys identity ws redis)
+
+bench() { # package, -bench regexp, extra flags...
+	local pkg=$1 re=$2
+	shift 2
+	echo "== go test -run '^\$' -bench '$re' -benchmem $* $pkg" >&2
+	go test -run '^$' -bench "$re" -benchmem "$@" "$pkg" | tee -a "$out"
+}
+
+: >"$out"
+{
+	echo "# wslimit benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+	echo "# $(go version); $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+} >>"$out"
+
+for g in "${groups[@]}"; do
+	case $g in
+	policy)
+		bench ./policy/ '^BenchmarkAdmitRelease$' -count "$count" -benchtime 1s
+		bench ./policy/ '^BenchmarkRelease$' -count "$count" -benchtime 1s
+		bench ./policy/ '^BenchmarkAdmitReleaseJWT$' -count "$count" -benchtime 1s
+		;;
+	memory)
+		# Heap deltas over 1,000,000 keys are deterministic to a few bytes:
+		# three runs each.
+		bench ./buckets/ '^BenchmarkMemoryPerKey$' -count 3
+		bench ./concurrency/ '^BenchmarkMemoryPerSlot$' -count 3
+		bench ./policy/ '^BenchmarkMemoryPerConnection$' -count 3 -benchtime 1x
+		;;
+	buckets)
+		bench ./buckets/ '^BenchmarkBucketVsBaseline$|^BenchmarkReserve' -count "$count" -benchtime 500ms
+		;;
+	concurrency)
+		bench ./concurrency/ '^BenchmarkAcquireRelease$|^BenchmarkStriped$' -count "$count" -benchtime 500ms
+		;;
+	keys)
+		bench ./keys/ . -count "$count" -benchtime 300ms
+		;;
+	identity)
+		bench ./keys/identity/ . -count "$count" -benchtime 500ms
+		;;
+	ws)
+		bench ./ws/ '^BenchmarkHandshakeAlternating$' -count "$count" -benchtime 5000x
+		bench ./ws/ '^BenchmarkHandshake$|^BenchmarkHandshakeParallel$' -count "$count" -benchtime 1s
+		echo "== go test -run '^TestHandshakeLatency\$' -v -wslimit.latency ./ws/" >&2
+		go test -run '^TestHandshakeLatency$' -v -count 1 ./ws/ -wslimit.latency | grep -v '^=== ' | sed 's/^/# latency: /' | tee -a "$out"
+		;;
+	redis)
+		bench ./policy/redisstore/ '^BenchmarkAdmitVsPing$' -count "$count" -benchtime 1s
+		;;
+	*)
+		echo "unknown group $g" >&2
+		exit 2
+		;;
+	esac
+done
+
+go run "$benchstat" "$out" >"${out%.txt}stat.txt" || true
+go run ./docs/chart -in "$out" -out docs/
