@@ -1,6 +1,7 @@
 package buckets
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -392,4 +393,23 @@ func TestMemoryBound(t *testing.T) {
 		t.Errorf("heap grew by %.1f B per bucket, want at most 80", heapPerKey)
 	}
 	runtime.KeepAlive(tb)
+}
+
+// TestKeepFirst checks the order in which Resize keeps buckets: those that
+// have not refilled, then the most recently updated, then the emptiest.
+func TestKeepFirst(t *testing.T) {
+	ordered := []held{
+		{slot{last: 5, tokens: 0}, false},
+		{slot{last: 5, tokens: 1}, false},
+		{slot{last: 4, tokens: 0}, false},
+		{slot{last: 9, tokens: 0}, true},
+		{slot{last: 1, tokens: 0}, true},
+	}
+	for i := range ordered {
+		for j := range ordered {
+			if got, want := keepFirst(ordered[i], ordered[j]), cmp.Compare(i, j); got != want {
+				t.Errorf("keepFirst(%d, %d) = %d, want %d", i, j, got, want)
+			}
+		}
+	}
 }

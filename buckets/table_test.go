@@ -683,7 +683,7 @@ const poolSize = 100_000
 // order returns n pseudo-random indexes into a pool of poolSize keys. The
 // keys are drawn independently, not in rounds: in rounds (each key once
 // per round), a shard holding a few more keys than its share of MaxKeys
-// would be LRU's worst case and miss every time.
+// would be LRU's worst case (and CLOCK's) and miss every time.
 func order(n int) []int32 {
 	idx := make([]int32, n)
 	x := uint64(1)
