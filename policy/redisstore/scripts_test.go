@@ -294,3 +294,37 @@ func TestRefreshResult(t *testing.T) {
 		t.Fatalf("member %q lacks the instance prefix", members[1])
 	}
 }
+
+// TestAdmitScriptBeforeRedis7 runs the admission script as it runs on a
+// server without PEXPIRE ... GT (before 7.0, where REDIS_VERSION_NUM is
+// unset): a new lease set gets the lease TTL, and a shorter lease TTL does
+// not cut the expiry set by a longer one.
+func TestAdmitScriptBeforeRedis7(t *testing.T) {
+	const line = "local gt = redis.REDIS_VERSION_NUM ~= nil"
+	if !strings.Contains(admitSrc, line) {
+		t.Fatal("admitSrc no longer tells Redis 7 by REDIS_VERSION_NUM; update this test")
+	}
+	old := redis.NewScript(strings.Replace(admitSrc, line, "local gt = false", 1))
+	addr := sharedAddr(t)
+	c, _ := newClient(t, addr)
+	prefix := uniquePrefix(t)
+	long := newStore(t, c, Options{OnError: FailDeny, Prefix: prefix, LeaseTTL: 10 * time.Second})
+	short := newStore(t, c, Options{OnError: FailDeny, Prefix: prefix, LeaseTTL: time.Second})
+	long.sc.admit, short.sc.admit = old, old
+	ctx := context.Background()
+	claims := []policy.Claim{conns("r", "pre7", 5)}
+	ck, _ := long.keys(&claims[0])
+	for _, st := range []*Store{short, long, short} {
+		if _, v, err := st.Admit(ctx, time.Now(), claims); err != nil || !v.OK {
+			t.Fatalf("Admit = %+v, %v", v, err)
+		}
+		if st == short && zcard(t, c, ck) == 1 {
+			if ttl := c.PTTL(ctx, ck).Val(); ttl <= 0 || ttl > time.Second {
+				t.Fatalf("new lease set PTTL = %v, want ~1s", ttl)
+			}
+		}
+	}
+	if ttl := c.PTTL(ctx, ck).Val(); ttl <= 9*time.Second {
+		t.Fatalf("lease set PTTL = %v, want ~10s (the longer lease)", ttl)
+	}
+}
