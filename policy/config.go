@@ -117,7 +117,7 @@ type TierConfig struct {
 type StateConfig struct {
 	// MaxKeys bounds each rule's token-bucket table (default 100000).
 	MaxKeys int `yaml:"max_keys" json:"max_keys,omitempty"`
-	// OnFull is "evict" (default: drop the least recently used bucket) or
+	// OnFull is "evict" (default: drop a bucket not used lately) or
 	// "refuse" (refuse handshakes from new keys while the table is full).
 	OnFull string `yaml:"on_full" json:"on_full,omitempty"`
 	// Store is "memory" (default) or "redis".

@@ -16,7 +16,7 @@ import (
 
 // MemoryStore keeps counters and buckets in this process: exact connection
 // caps (sharded counters whose entries exist only while a key holds slots)
-// and LRU-bounded token-bucket tables, one of each per rule name. It is safe
+// and size-bounded token-bucket tables (CLOCK eviction), one of each per rule name. It is safe
 // for concurrent use.
 type MemoryStore struct {
 	seed  maphash.Seed

@@ -47,8 +47,7 @@ func (c Claim) MaxKeys() int {
 }
 
 // RefuseWhenFull reports whether a full bucket table refuses new keys
-// (state.on_full: refuse) instead of evicting the least recently used
-// bucket.
+// (state.on_full: refuse) instead of evicting a bucket not used lately.
 func (c Claim) RefuseWhenFull() bool { return c.state != nil && c.state.refuse }
 
 // Reason says why a claim was refused.
