@@ -104,6 +104,8 @@ type Decision struct {
 	InvalidToken bool
 	// Reason says why.
 	Reason Reason
+	nclaims uint8 // at most MaxRules
+	held    bool  // Allowed with slots to release
 	// Rule names the rule that refused (or would have).
 	Rule string
 	// RetryAfter is when to try again: the bucket's real refill time for
@@ -111,15 +113,12 @@ type Decision struct {
 	RetryAfter time.Duration
 	// ClientIP is the resolved client address (invalid if unresolvable).
 	ClientIP netip.Addr
-	// Key is the refusing rule's key, for logs. Never use it as a metric
-	// label.
-	Key keys.Key
 	// Identity is the verified identity's key claim ("" when none); for
 	// logs, never a metric label.
 	Identity string
 
 	// The Decision is the one allocation of an admission; its layout keeps
-	// it within the 512-byte size class for policies of up to
+	// it within the 448-byte size class for policies of up to
 	// inlineDecisionClaims claims.
 	l        *Limiter
 	p        *Policy
@@ -127,9 +126,21 @@ type Decision struct {
 	spill    *Claim // the first of nclaims claims when they do not fit inline
 	refused  int32  // index+1 in the claims of the refusing claim; 0 for none
 	released atomic.Bool
-	nclaims  uint8 // at most MaxRules
-	held     bool
 	inline   [inlineDecisionClaims]Claim
+}
+
+// Key returns the refusing rule's key (or the one that would have refused,
+// in dry run), for logs; the zero Key when no rule's limit refused (an
+// admission, a missing identity, a store error). Never use it as a metric
+// label.
+func (d *Decision) Key() keys.Key {
+	switch d.Reason {
+	case ReasonConnections, ReasonRate, ReasonTableFull:
+		if c, ok := d.RefusedClaim(); ok {
+			return c.Key
+		}
+	}
+	return keys.Key{}
 }
 
 // inlineDecisionClaims is how many claims a Decision holds without a
@@ -241,7 +252,7 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	lease, v, err := l.store.Admit(ctx, l.now(), claims)
 	if err != nil {
 		l.logStoreError(ctx, err)
-		d.refuse(p, "", ReasonStoreError, 0, keys.Key{})
+		d.refuse(p, "", ReasonStoreError, 0)
 		return d
 	}
 	d.setClaims(claims)
@@ -249,14 +260,14 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 		d.refused = int32(v.Index + 1)
 		if v.Reason == ReasonStoreError {
 			d.refused = 0
-			d.refuse(p, "", ReasonStoreError, v.RetryAfter, keys.Key{})
+			d.refuse(p, "", ReasonStoreError, v.RetryAfter)
 			return d
 		}
 		ra := v.RetryAfter
 		if v.Reason == ReasonConnections {
 			ra = p.capRetryAfter
 		}
-		d.refuse(p, claims[v.Index].Rule, v.Reason, ra, claims[v.Index].Key)
+		d.refuse(p, claims[v.Index].Rule, v.Reason, ra)
 		return d
 	}
 	d.lease, d.held = lease, true
@@ -289,10 +300,9 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 		c := &claims[len(claims)-1]
 		var ok bool
 		if c.Key, ok = p.key(rule, r, ip, ipErr == nil, &who, now, d); !ok {
-			k := c.Key
 			claims = claims[:len(claims)-1]
 			if rule.RejectMiss {
-				d.refuse(p, rule.Name, ReasonMissing, 0, k)
+				d.refuse(p, rule.Name, ReasonMissing, 0)
 				if !d.WouldReject {
 					return nil, false
 				}
@@ -340,9 +350,9 @@ func (l *Limiter) logStoreError(ctx context.Context, err error) {
 // admit's frame.
 //
 //go:noinline
-func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Duration, k keys.Key) {
+func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Duration) {
 	if d.Rule == "" {
-		d.Rule, d.Reason, d.RetryAfter, d.Key = rule, reason, retry, k
+		d.Rule, d.Reason, d.RetryAfter = rule, reason, retry
 	}
 	if p.dryRun {
 		d.WouldReject = true

@@ -101,6 +101,12 @@ func TestDecisionClaimsBeyondInline(t *testing.T) {
 		if c, ok := d3.RefusedClaim(); d3.Allowed || !ok || c.Rule != "r0" {
 			t.Fatalf("%d rules: third admission %+v, refused claim %+v", n, d3, c)
 		}
+		if k := d3.Key(); k != keys.IP(netip.MustParseAddr("192.0.2.7")) {
+			t.Fatalf("%d rules: refused decision's Key() = %v", n, k)
+		}
+		if k := d1.Key(); k != (keys.Key{}) {
+			t.Fatalf("%d rules: admitted decision's Key() = %v, want the zero Key", n, k)
+		}
 		for i := 0; i < n; i++ {
 			if got := store.Count(fmt.Sprintf("r%d", i), keys.IP(netip.MustParseAddr("192.0.2.7"))); got != 2 {
 				t.Fatalf("%d rules: r%d holds %d slots, want 2", n, i, got)

@@ -66,7 +66,7 @@ func (l *rejectLog) Suppressed() uint64 {
 }
 
 func (l *rejectLog) keyString(d *policy.Decision) string {
-	s := d.Key.String()
+	s := d.Key().String()
 	if !l.hashKey || d.Rule == "" {
 		return s
 	}

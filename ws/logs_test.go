@@ -2,6 +2,7 @@ package ws
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -11,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/policy"
 )
 
@@ -32,7 +32,7 @@ func TestRejectLogFlood(t *testing.T) {
 	var buf lockedBuffer
 	clock := newClock()
 	l := newRejectLog(slog.New(slog.NewJSONHandler(&buf, nil)), clock.Now, 10, 50, false)
-	d := &policy.Decision{Rule: "per-ip", Reason: policy.ReasonRate, Key: keys.IP(netip.MustParseAddr("192.0.2.1")), ClientIP: netip.MustParseAddr("192.0.2.1")}
+	d := &policy.Decision{Rule: "per-ip", Reason: policy.ReasonRate, ClientIP: netip.MustParseAddr("192.0.2.1")}
 	const n = 100_000
 	for i := 0; i < n; i++ {
 		if i%10_000 == 0 {
@@ -69,7 +69,20 @@ func TestRejectLogFlood(t *testing.T) {
 func TestRejectLogHashesKeys(t *testing.T) {
 	var buf lockedBuffer
 	l := newRejectLog(slog.New(slog.NewJSONHandler(&buf, nil)), newClock().Now, 10, 10, true)
-	l.write(&http.Request{}, &policy.Decision{Rule: "per-user", Reason: policy.ReasonConnections, Key: keys.String("alice@example.com"), ClientIP: netip.MustParseAddr("192.0.2.7")})
+	// A real refusal by a per-user cap, so that the decision carries the key.
+	p, err := policy.Parse([]byte("version: 1\nrules:\n  - {name: per-user, key: \"header:X-User\", connections: 1}\n"), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := policy.NewLimiter(p, policy.Options{})
+	r := &http.Request{RemoteAddr: "192.0.2.7:1000", Header: http.Header{"X-User": {"alice@example.com"}}}
+	first := lim.Admit(context.Background(), r)
+	defer first.Release()
+	d := lim.Admit(context.Background(), r)
+	if d.Allowed || d.Key().Str == "" {
+		t.Fatalf("second admission: %+v, key %v; want a refusal carrying the key", d, d.Key())
+	}
+	l.write(&http.Request{}, d)
 	out := buf.String()
 	if strings.Contains(out, "alice") || strings.Contains(out, "192.0.2.7") {
 		t.Errorf("hashed log leaks the key or IP: %s", out)
