@@ -103,7 +103,7 @@ type Decision struct {
 	// kept.
 	InvalidToken bool
 	// Reason says why.
-	Reason Reason
+	Reason  Reason
 	nclaims uint8 // at most MaxRules
 	held    bool  // Allowed with slots to release
 	// Rule names the rule that refused (or would have).
