@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,8 +19,15 @@ import (
 )
 
 // Decision-path benchmarks: Limiter.Admit plus Decision.Release over a pool
-// of benchPool client addresses (each iteration the next address), clock
-// fixed, limits that never refuse. Each policy also runs a baseline written
+// of benchPool client addresses, clock fixed, limits that never refuse.
+// Each iteration draws an address at random (a fixed-seed generator per
+// goroutine) and presents it on a request that goroutine reuses: a server
+// handles a request whose memory it has just written, while clients arrive
+// in no particular order. (Sweeping the pool in a fixed order instead would
+// let the baseline's per-key objects, allocated in that same order on the
+// first sweep, stream through the prefetcher; giving each address its own
+// request object would add the benchmark's own cache miss to every
+// figure.) Each policy also runs a baseline written
 // here, the naive implementation of the same limits (x/time/rate limiters
 // in a map under one mutex, map[string]int slot counters under the same
 // mutex), on the same pool, so that every figure has a ratio measured in
@@ -170,18 +178,84 @@ func (n *naive) release(held [3]string) {
 	n.global--
 }
 
-// benchCase is one policy, its request pool and its baseline.
+// addrPool is benchPool client addresses ("10.x.y.z:4000"), kept in one
+// string so that the benchmark's own reads stay small beside the store's,
+// and, for a JWT policy, the tokens of benchUsers users.
+type addrPool struct {
+	all    string
+	off    []uint32 // address i is all[off[i]:off[i+1]]
+	tokens []string // nil: no Authorization header
+}
+
+func newAddrPool(tokens []string) *addrPool {
+	var b strings.Builder
+	p := &addrPool{off: make([]uint32, 0, benchPool+1), tokens: tokens}
+	for i := range benchPool {
+		p.off = append(p.off, uint32(b.Len()))
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		b.WriteString(a.String() + ":4000")
+	}
+	p.off = append(p.off, uint32(b.Len()))
+	p.all = b.String()
+	return p
+}
+
+func (p *addrPool) addr(i uint64) string { return p.all[p.off[i]:p.off[i+1]] }
+
+// drawer hands one goroutine its requests: a reused request per user (one
+// when there are no tokens), from a random address each time.
+type drawer struct {
+	p    *addrPool
+	reqs []*http.Request
+	x    uint64 // xorshift state
+}
+
+func (p *addrPool) drawer(seed uint64) *drawer {
+	d := &drawer{p: p, x: seed*0x9e3779b97f4a7c15 | 1}
+	n := max(1, len(p.tokens))
+	for i := 0; i < n; i++ {
+		r := &http.Request{Method: http.MethodGet, Header: http.Header{}}
+		if p.tokens != nil {
+			r.Header.Set("Authorization", "Bearer "+p.tokens[i])
+		}
+		d.reqs = append(d.reqs, r)
+	}
+	return d
+}
+
+// next returns a request from a random address of the pool (and a random
+// user's request, for a JWT pool).
+func (d *drawer) next() *http.Request {
+	d.x ^= d.x << 13
+	d.x ^= d.x >> 7
+	d.x ^= d.x << 17
+	r := d.reqs[(d.x>>40)%uint64(len(d.reqs))]
+	r.RemoteAddr = d.p.addr(d.x % benchPool)
+	return r
+}
+
+// warm presents every address once, in order, so that every bucket and
+// cached token is in place before the timer starts.
+func (p *addrPool) warm(step func(*http.Request)) {
+	d := p.drawer(0)
+	for i := range uint64(benchPool) {
+		r := d.reqs[i%uint64(len(d.reqs))]
+		r.RemoteAddr = p.addr(i)
+		step(r)
+	}
+}
+
+// benchCase is one policy, its address pool and its baseline.
 type benchCase struct {
 	name  string
 	doc   string
-	rs    []*http.Request
+	pool  *addrPool
 	naive func() *naive
 }
 
 func benchCases(b *testing.B) []benchCase {
-	rs := pool(benchPool)
-	// The JWT case: the same addresses, request i carrying user i%benchUsers's
-	// token.
+	// The JWT case: benchUsers users' tokens (HS256), over the same
+	// addresses.
 	b.Setenv("WSLIMIT_BENCH_HS256", "bench secret: 32 bytes or more, HS256 needs them")
 	now := time.Now()
 	toks := make([]string, benchUsers)
@@ -197,14 +271,11 @@ func benchCases(b *testing.B) []benchCase {
 		}
 		toks[i], subjects[t] = t, sub
 	}
-	jrs := pool(benchPool)
-	for i, r := range jrs {
-		r.Header.Set("Authorization", "Bearer "+toks[i%benchUsers])
-	}
+	plain, withTokens := newAddrPool(nil), newAddrPool(toks)
 	return []benchCase{
-		{"1rule", bench1, rs, func() *naive { return newNaive(false, nil) }},
-		{"3rules", bench3, rs, func() *naive { return newNaive(true, nil) }},
-		{"3rules+jwt", fmt.Sprintf(bench3JWT, "secret_env: WSLIMIT_BENCH_HS256"), jrs, func() *naive { return newNaive(true, subjects) }},
+		{"1rule", bench1, plain, func() *naive { return newNaive(false, nil) }},
+		{"3rules", bench3, plain, func() *naive { return newNaive(true, nil) }},
+		{"3rules+jwt", fmt.Sprintf(bench3JWT, "secret_env: WSLIMIT_BENCH_HS256"), withTokens, func() *naive { return newNaive(true, subjects) }},
 	}
 }
 
@@ -213,56 +284,52 @@ func benchCases(b *testing.B) []benchCase {
 func BenchmarkAdmitRelease(b *testing.B) {
 	ctx := context.Background()
 	for _, bc := range benchCases(b) {
-		ours := func(b *testing.B) func(int) {
+		ours := func(b *testing.B) func(*http.Request) {
 			l := benchLimiter(b, bc.doc)
-			step := func(i int) {
-				d := l.Admit(ctx, bc.rs[i%len(bc.rs)])
+			step := func(r *http.Request) {
+				d := l.Admit(ctx, r)
 				if !d.Allowed {
 					b.Fatalf("refused: %s %s", d.Rule, d.Reason)
 				}
 				d.Release()
 			}
-			for i := range bc.rs { // every bucket and cached token in place
-				step(i)
-			}
+			bc.pool.warm(step)
 			return step
 		}
-		base := func(b *testing.B) func(int) {
+		base := func(b *testing.B) func(*http.Request) {
 			n := bc.naive()
-			step := func(i int) {
-				ok, held := n.admit(bc.rs[i%len(bc.rs)])
+			step := func(r *http.Request) {
+				ok, held := n.admit(r)
 				if !ok {
 					b.Fatal("baseline refused")
 				}
 				n.release(held)
 			}
-			for i := range bc.rs {
-				step(i)
-			}
+			bc.pool.warm(step)
 			return step
 		}
 		for _, impl := range []struct {
 			name string
-			mk   func(*testing.B) func(int)
+			mk   func(*testing.B) func(*http.Request)
 		}{{"", ours}, {"baseline/", base}} {
 			b.Run(bc.name+"/"+impl.name+"serial", func(b *testing.B) {
 				step := impl.mk(b)
+				d := bc.pool.drawer(1)
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
-					step(i)
+					step(d.next())
 				}
 			})
 			b.Run(bc.name+"/"+impl.name+"parallel", func(b *testing.B) {
 				step := impl.mk(b)
-				var next atomic.Int64
+				var seeds atomic.Uint64
 				b.ReportAllocs()
 				b.ResetTimer()
 				b.RunParallel(func(pb *testing.PB) {
-					i := int(next.Add(7919))
+					d := bc.pool.drawer(seeds.Add(1))
 					for pb.Next() {
-						step(i)
-						i++
+						step(d.next())
 					}
 				})
 			})
