@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/wslimit/wslimit/keys"
 )
 
 var seed = maphash.MakeSeed()
@@ -395,21 +397,15 @@ func TestChurnAgainstMap(t *testing.T) {
 }
 
 // BenchmarkMemoryPerSlot measures the heap a Counter holds per key holding
-// one slot, over 1,000,000 keys shaped like keys.Key (56 bytes: a kind, a
+// one slot, over 1,000,000 keys.Key IP keys (56 bytes: a kind, a
 // netip.Prefix and a string), as the heap delta after a GC.
 func BenchmarkMemoryPerSlot(b *testing.B) {
-	type key struct {
-		kind   uint8
-		prefix netip.Prefix
-		str    string
-	}
 	const n = 1_000_000
 	seed := maphash.MakeSeed()
-	hash := func(k key) uint64 { return maphash.Comparable(seed, k) }
-	pool := make([]key, n)
+	hash := func(k keys.Key) uint64 { return k.Hash(seed) }
+	pool := make([]keys.Key, n)
 	for i := range pool {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		pool[i] = key{kind: 1, prefix: netip.PrefixFrom(a, 32)}
+		pool[i] = keys.IP(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
 	}
 	heap := func() uint64 {
 		runtime.GC()
