@@ -17,9 +17,7 @@
 // round trip whatever the number of rules: it checks every claim first and
 // commits only when all pass, so a refusal holds no slot and spends no
 // token, and because Redis runs scripts atomically the caps are exact
-// across instances. Admissions asked for while two calls are in flight
-// wait and share the next call (up to 32 per script call), each decided on
-// its own. Release removes the lease's slots in one round trip.
+// across instances. Release removes the lease's slots in one round trip.
 //
 // A connection slot is a lease: a member "<instance>:<lease id>" of a
 // sorted set per rule and key, scored by its expiry. The Store refreshes

@@ -12,22 +12,17 @@ import "github.com/redis/go-redis/v9"
 // that call TIME before writing legal on Redis 3.2-4.x; later versions
 // always replicate effects and ignore it.
 
-// admitSrc decides a batch of admissions, one after the other, as if each
-// were its own script: each checks every claim, then commits all of them or
-// none. A batch holds the admissions that callers of one Store asked for
-// while an earlier call was in flight (see Store.Admit); most are batches
-// of one.
+// admitSrc checks every claim, then commits all of them or none.
 //
-// ARGV[1]: lease TTL in ms; ARGV[2]: the number m of admissions; then for
-// each admission: its number n of claims, its lease member, and for claim
-// i = 1..n: connection cap (0: none), tokens per ms (0: no bucket), burst.
-// KEYS: for each admission in order, for claim i: its lease ZSET, then its
+// KEYS: for claim i (1-based), KEYS[2i-1] is its lease ZSET and KEYS[2i] its
 // bucket STRING.
+// ARGV[1]: the lease member; ARGV[2]: lease TTL in ms; then for claim i,
+// ARGV[3i] = connection cap (0: none), ARGV[3i+1] = tokens per ms (0: no
+// bucket), ARGV[3i+2] = burst.
 //
-// Returns 4 integers per admission: {1, 0, 0, 0} when admitted, or
-// {0, i, reason, retry_ms} naming the first claim refused: reason 1 =
-// connection cap, 2 = rate (retry_ms is the time until the bucket holds one
-// token, -1 when never).
+// Returns {1} when admitted, or {0, i, reason, retry_ms} naming the first
+// claim refused: reason 1 = connection cap, 2 = rate (retry_ms is the time
+// until the bucket holds one token, -1 when never).
 //
 // Every redis.call costs Redis about half a microsecond to a microsecond,
 // and so does every number Lua hands Redis as an argument (it is formatted
@@ -40,7 +35,7 @@ import "github.com/redis/go-redis/v9"
 //   - a bucket: GET and SET ... PX (tokens and time in one value, the
 //     expiry set with it);
 //
-// and once per batch TIME. The first lease set's ZADD comes before the
+// and once per admission TIME. The first lease set's ZADD comes before the
 // checks, with NX: its reply tells a client retry of an admission that
 // already committed (answered yes again rather than charged twice), and a
 // refusal takes it back with ZREM, so a refusal still leaves nothing.
@@ -51,113 +46,96 @@ import "github.com/redis/go-redis/v9"
 // gets a plain PEXPIRE. Before Redis 7.0 the script reads PTTL first.
 const admitSrc = `
 if redis.replicate_commands then redis.replicate_commands() end
-local ttls = ARGV[1]
+local member = ARGV[1]
+local ttls = ARGV[2]
 local ttl = tonumber(ttls)
+local n = #KEYS / 2
 local gt = redis.REDIS_VERSION_NUM ~= nil
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = string.format('%d', now + ttl)
 
--- admit decides one admission: n claims whose keys follow KEYS[ko] and
--- whose arguments follow ARGV[ao]. Returns admitted, claim, reason, retry.
-local function admit(ko, ao, n, member)
-  local caps, rates, bursts = {}, {}, {}
-  local first = 0
-  for i = 1, n do
-    local a = ao + 3*i
-    caps[i] = tonumber(ARGV[a])
-    rates[i] = tonumber(ARGV[a+1])
-    bursts[i] = tonumber(ARGV[a+2])
-    if first == 0 and caps[i] > 0 then first = i end
-  end
+local caps, rates, bursts = {}, {}, {}
+local first = 0
+for i = 1, n do
+  caps[i] = tonumber(ARGV[3*i])
+  rates[i] = tonumber(ARGV[3*i+1])
+  bursts[i] = tonumber(ARGV[3*i+2])
+  if first == 0 and caps[i] > 0 then first = i end
+end
 
-  -- The first lease goes in now; a member already there is a retry of an
-  -- admission that committed.
-  local fk = KEYS[ko + 2*first - 1]
-  if first > 0 and redis.call('ZADD', fk, 'NX', exp, member) == 0 then
-    return 1, 0, 0, 0
-  end
+-- The first lease goes in now; a member already there is a retry of an
+-- admission that committed.
+if first > 0 and redis.call('ZADD', KEYS[2*first-1], 'NX', exp, member) == 0 then
+  return {1}
+end
+local function refuse(i, reason, retry)
+  if first > 0 then redis.call('ZREM', KEYS[2*first-1], member) end
+  return {0, i, reason, retry}
+end
 
-  -- Check every claim; nothing below writes state that a refusal must
-  -- undo (dropping expired leases changes no live count). cards[i] is
-  -- claim i's lease count before this admission, tokens[i] its bucket
-  -- level after refill.
-  local cards, tokens = {}, {}
-  local refused, reason, retry = 0, 0, 0
-  for i = 1, n do
-    local cap = caps[i]
-    if cap > 0 then
-      local ck = KEYS[ko + 2*i - 1]
-      local card = redis.call('ZCARD', ck)
-      if i == first then card = card - 1 end
-      -- Expired leases still count in ZCARD, so a set below its cap has
-      -- room whatever they are; only a set that looks full needs sweeping.
-      if card >= cap then
-        card = card - redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
-        if card >= cap then refused, reason = i, 1 break end
-      end
-      cards[i] = card
+-- Check every claim; nothing below writes state that a refusal must undo
+-- (dropping expired leases changes no live count). cards[i] is claim i's
+-- lease count before this admission, tokens[i] its bucket level after
+-- refill.
+local cards, tokens = {}, {}
+for i = 1, n do
+  local cap = caps[i]
+  if cap > 0 then
+    local ck = KEYS[2*i-1]
+    local card = redis.call('ZCARD', ck)
+    if i == first then card = card - 1 end
+    -- Expired leases still count in ZCARD, so a set below its cap has room
+    -- whatever they are; only a set that looks full needs sweeping.
+    if card >= cap then
+      card = card - redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
+      if card >= cap then return refuse(i, 1, 0) end
     end
+    cards[i] = card
+  end
+  local rate = rates[i]
+  if rate > 0 then
+    local burst = bursts[i]
+    if burst < 1 then return refuse(i, 2, -1) end
+    local tk = burst
+    local v = redis.call('GET', KEYS[2*i])
+    if v then
+      local sp = string.find(v, ' ', 1, true)
+      local el = now - tonumber(string.sub(v, sp + 1))
+      if el < 0 then el = 0 end
+      tk = math.min(burst, tonumber(string.sub(v, 1, sp - 1)) + el * rate)
+    end
+    if tk < 1 then return refuse(i, 2, math.ceil((1 - tk) / rate)) end
+    tokens[i] = tk
+  end
+end
+
+-- Commit: every check passed.
+for i = 1, n do
+  local card = cards[i]
+  if card then
+    local ck = KEYS[2*i-1]
+    if i ~= first then redis.call('ZADD', ck, exp, member) end
+    if card == 0 then
+      redis.call('PEXPIRE', ck, ttls)
+    elseif gt then
+      redis.call('PEXPIRE', ck, ttls, 'GT')
+    elseif redis.call('PTTL', ck) < ttl then
+      redis.call('PEXPIRE', ck, ttls)
+    end
+  end
+  local tk = tokens[i]
+  if tk then
     local rate = rates[i]
-    if rate > 0 then
-      local burst = bursts[i]
-      if burst < 1 then refused, reason, retry = i, 2, -1 break end
-      local tk = burst
-      local v = redis.call('GET', KEYS[ko + 2*i])
-      if v then
-        local sp = string.find(v, ' ', 1, true)
-        local el = now - tonumber(string.sub(v, sp + 1))
-        if el < 0 then el = 0 end
-        tk = math.min(burst, tonumber(string.sub(v, 1, sp - 1)) + el * rate)
-      end
-      if tk < 1 then refused, reason, retry = i, 2, math.ceil((1 - tk) / rate) break end
-      tokens[i] = tk
-    end
+    tk = tk - 1
+    -- The key lives until the bucket would be full again: a full bucket
+    -- is the same as none.
+    local full = math.ceil((bursts[i] - tk) / rate)
+    if full < 1 then full = 1 end
+    redis.call('SET', KEYS[2*i], string.format('%.17g %d', tk, now), 'PX', full)
   end
-  if refused > 0 then
-    if first > 0 then redis.call('ZREM', fk, member) end
-    return 0, refused, reason, retry
-  end
-
-  -- Commit: every check passed.
-  for i = 1, n do
-    local card = cards[i]
-    if card then
-      local ck = KEYS[ko + 2*i - 1]
-      if i ~= first then redis.call('ZADD', ck, exp, member) end
-      if card == 0 then
-        redis.call('PEXPIRE', ck, ttls)
-      elseif gt then
-        redis.call('PEXPIRE', ck, ttls, 'GT')
-      elseif redis.call('PTTL', ck) < ttl then
-        redis.call('PEXPIRE', ck, ttls)
-      end
-    end
-    local tk = tokens[i]
-    if tk then
-      local rate = rates[i]
-      tk = tk - 1
-      -- The key lives until the bucket would be full again: a full bucket
-      -- is the same as none.
-      local full = math.ceil((bursts[i] - tk) / rate)
-      if full < 1 then full = 1 end
-      redis.call('SET', KEYS[ko + 2*i], string.format('%.17g %d', tk, now), 'PX', full)
-    end
-  end
-  return 1, 0, 0, 0
 end
-
-local out = {}
-local ko, ao = 0, 3
-for j = 1, tonumber(ARGV[2]) do
-  local n = tonumber(ARGV[ao])
-  local ok, i, reason, retry = admit(ko, ao - 1, n, ARGV[ao + 1])
-  local o = 4*j
-  out[o-3], out[o-2], out[o-1], out[o] = ok, i, reason, retry
-  ko = ko + 2*n
-  ao = ao + 2 + 3*n
-end
-return out
+return {1}
 `
 
 // releaseSrc removes lease members: KEYS[i] loses member ARGV[i]. An empty

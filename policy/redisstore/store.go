@@ -34,16 +34,6 @@ const (
 // beyond it a release is dropped and its lease left to expire by TTL.
 const maxPending = 1 << 16
 
-// Admissions asked for while maxInflight script calls are in flight wait
-// and go out together, up to maxBatch in one call: under concurrency this
-// saves Redis (and the client) a request per admission, and keeps Redis,
-// which runs one script at a time anyway, busy. A batch runs atomically in
-// Redis, so maxBatch also bounds how long one call blocks other clients.
-const (
-	maxInflight = 2
-	maxBatch    = 32
-)
-
 // refreshChunk is the number of lease members renewed by one script call.
 // A refresh sends all chunks in one pipeline (one round trip); chunking
 // keeps each script short so Redis serves other clients between them.
@@ -181,29 +171,7 @@ type Store struct {
 	done                    chan struct{} // closed when the refresher exits
 	closeOnce               sync.Once
 	closeErr                error
-
-	bmu      sync.Mutex  // guards inflight, queue and admitReq.state
-	inflight int         // admission calls in flight
-	queue    []*admitReq // admissions waiting for a call
 }
-
-// admitReq is one admission waiting for, or in, a script call.
-type admitReq struct {
-	keys  []string
-	args  []any    // lease TTL, 1, claim count, member, 3 per claim (see admitSrc)
-	res   [4]int64 // the script's answer for this admission
-	err   error
-	done  chan struct{} // closed once res or err is set
-	state reqState
-}
-
-type reqState uint8
-
-const (
-	reqQueued reqState = iota // waiting in Store.queue
-	reqTaken                  // in a call (which may have reached Redis)
-	reqGone                   // its caller gave up before it was taken
-)
 
 // lease is what the store remembers of one admission holding slots.
 type lease struct {
@@ -389,10 +357,8 @@ func (s *Store) member(id uint64) string {
 }
 
 // Admit grants every claim or none, in one round trip to Redis whatever the
-// number of claims. Admissions asked for while two calls are in flight
-// share the next round trip (up to 32 in one script call); each is still
-// decided on its own, all or nothing. Caps count leases across every
-// instance; buckets refill by Redis server time, so now is ignored for Redis state (it is passed on
+// number of claims. Caps count leases across every instance; buckets refill
+// by Redis server time, so now is ignored for Redis state (it is passed on
 // to the Fallback store). MaxKeys and RefuseWhenFull do not apply: a Redis
 // bucket key expires once its bucket has refilled, and Redis memory is
 // bounded by maxmemory (see docs/operations-redis.md).
@@ -422,9 +388,14 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 
 	id := s.nextID.Add(1)
 	rec := &lease{member: s.member(id), conns: make([]connSlot, 0, conns)}
-	req := &admitReq{}
-	req.keys, req.args = s.admitArgs(rec, claims)
-	res, err := s.call(ctx, req)
+	keys, args := s.admitArgs(rec, claims)
+
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	res, err := s.sc.admit.Run(cctx, s.client, keys, args...).Int64Slice()
+	cancel()
+	if err == nil && len(res) != 1 && len(res) != 4 {
+		err = fmt.Errorf("unexpected script reply %v", res)
+	}
 	if err != nil {
 		// The script may have run before the reply was lost: take the
 		// member back (its tokens stay spent, which errs toward fewer).
@@ -434,13 +405,6 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 			return policy.Lease{}, policy.Verdict{}, fmt.Errorf("redisstore: admit: %w", ctx.Err())
 		}
 		s.failed("admit", err)
-		return s.degrade(ctx, now, claims)
-	}
-	if res[0] != 1 && (res[0] != 0 || res[1] < 1 || int(res[1]) > len(claims)) {
-		// A reply this store cannot read counts as a failed call (the
-		// member is taken back, in case it was admitted after all).
-		s.queueRelease(rec)
-		s.failed("admit", fmt.Errorf("unexpected script reply %v", res))
 		return s.degrade(ctx, now, claims)
 	}
 	s.succeeded()
@@ -460,139 +424,12 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 	return policy.Lease{}, v, nil
 }
 
-// call has the admission req decided by Redis and returns the script's
-// answer for it. With fewer than maxInflight calls in flight, and nobody
-// waiting, req goes out alone from this goroutine, bounded by ctx and
-// Options.Timeout; otherwise it waits for the next batch, which a call in
-// flight sends when it returns. A waiting caller gives up when ctx ends or
-// Options.Timeout passes, like a call of its own would.
-func (s *Store) call(ctx context.Context, req *admitReq) ([4]int64, error) {
-	s.bmu.Lock()
-	if s.inflight < maxInflight && len(s.queue) == 0 {
-		s.inflight++
-		req.state = reqTaken
-		s.bmu.Unlock()
-		cctx, cancel := context.WithTimeout(ctx, s.timeout)
-		s.send(cctx, []*admitReq{req})
-		cancel()
-		s.handOn()
-		return req.res, req.err
-	}
-	req.done = make(chan struct{})
-	s.queue = append(s.queue, req)
-	s.bmu.Unlock()
-
-	t := time.NewTimer(s.timeout)
-	defer t.Stop()
-	var err error
-	select {
-	case <-req.done:
-		return req.res, req.err
-	case <-ctx.Done():
-		err = ctx.Err()
-	case <-t.C:
-		err = context.DeadlineExceeded
-	}
-	s.bmu.Lock()
-	if req.state == reqQueued {
-		req.state = reqGone // the next batch skips it
-	}
-	s.bmu.Unlock()
-	return [4]int64{}, fmt.Errorf("waiting for a batch: %w", err)
-}
-
-// handOn is called when a call returns: the admissions that waited for it
-// go out as the next batch, from a new goroutine, so that the caller whose
-// call returned need not wait for it.
-func (s *Store) handOn() {
-	s.bmu.Lock()
-	batch := s.takeLocked()
-	if batch == nil {
-		s.inflight--
-	}
-	s.bmu.Unlock()
-	if batch != nil {
-		go s.drain(batch)
-	}
-}
-
-// drain sends batches until nobody waits.
-func (s *Store) drain(batch []*admitReq) {
-	for batch != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-		s.send(ctx, batch)
-		cancel()
-		s.bmu.Lock()
-		batch = s.takeLocked()
-		if batch == nil {
-			s.inflight--
-		}
-		s.bmu.Unlock()
-	}
-}
-
-// takeLocked takes up to maxBatch waiting admissions off the queue,
-// dropping those whose callers gave up. s.bmu is held.
-func (s *Store) takeLocked() []*admitReq {
-	var batch []*admitReq
-	n := 0
-	for _, r := range s.queue {
-		n++
-		if r.state == reqGone {
-			continue
-		}
-		r.state = reqTaken
-		batch = append(batch, r)
-		if len(batch) == maxBatch {
-			break
-		}
-	}
-	rest := copy(s.queue, s.queue[n:])
-	clear(s.queue[rest:])
-	s.queue = s.queue[:rest]
-	return batch
-}
-
-// send runs the admission script once for batch and gives each admission
-// its answer (or the call's error), closing its done channel if it has one.
-func (s *Store) send(ctx context.Context, batch []*admitReq) {
-	keys, args := batch[0].keys, batch[0].args // a batch of one as it is
-	if len(batch) > 1 {
-		nk, na := 0, 2
-		for _, r := range batch {
-			nk, na = nk+len(r.keys), na+len(r.args)-2
-		}
-		keys = make([]string, 0, nk)
-		args = make([]any, 0, na)
-		args = append(args, s.ttlMS, len(batch))
-		for _, r := range batch {
-			keys = append(keys, r.keys...)
-			args = append(args, r.args[2:]...)
-		}
-	}
-	res, err := s.sc.admit.Run(ctx, s.client, keys, args...).Int64Slice()
-	if err == nil && len(res) != 4*len(batch) {
-		err = fmt.Errorf("unexpected script reply %v for %d admissions", res, len(batch))
-	}
-	for i, r := range batch {
-		if err != nil {
-			r.err = err
-		} else {
-			copy(r.res[:], res[4*i:])
-		}
-		if r.done != nil {
-			close(r.done)
-		}
-	}
-}
-
 // admitArgs returns the KEYS and ARGV of the admission script for claims
-// alone, a batch of one (see admitSrc), and records in rec the lease sets
-// it will belong to.
+// (see admitSrc) and records in rec the lease sets it will belong to.
 func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, args []any) {
 	keys = make([]string, 0, 2*len(claims))
-	args = make([]any, 0, 4+3*len(claims))
-	args = append(args, s.ttlMS, 1, len(claims), rec.member)
+	args = make([]any, 0, 2+3*len(claims))
+	args = append(args, rec.member, s.ttlMS)
 	for i := range claims {
 		c := &claims[i]
 		ck, bk := s.keys(c)
