@@ -119,7 +119,11 @@ for i = 1, n do
     if card == 0 then
       redis.call('PEXPIRE', ck, ttls)
     elseif gt then
-      redis.call('PEXPIRE', ck, ttls, 'GT')
+      -- GT takes a key without an expiry as expiring never: such a set (left
+      -- by a script that failed half way) gets one here.
+      if redis.call('PEXPIRE', ck, ttls, 'GT') == 0 and redis.call('PTTL', ck) == -1 then
+        redis.call('PEXPIRE', ck, ttls)
+      end
     elseif redis.call('PTTL', ck) < ttl then
       redis.call('PEXPIRE', ck, ttls)
     end

@@ -325,3 +325,33 @@ func TestAdmitScriptBeforeRedis7(t *testing.T) {
 		t.Fatalf("lease set PTTL = %v, want ~10s (the longer lease)", ttl)
 	}
 }
+
+// TestLeaseSetWithoutExpiryGetsOne: a lease set left without an expiry (a
+// script that failed after its first write, or a key written by hand) is
+// given one by the next admission into it; PEXPIRE GT alone would take the
+// missing expiry as infinite and leave it so.
+func TestLeaseSetWithoutExpiryGetsOne(t *testing.T) {
+	addr := sharedAddr(t)
+	c, _ := newClient(t, addr)
+	s := newStore(t, c, Options{OnError: FailDeny, Prefix: uniquePrefix(t), LeaseTTL: time.Minute})
+	ctx := context.Background()
+	claims := []policy.Claim{conns("per-user", "hank", 5)}
+	ks, _ := s.admitArgs(&lease{member: "probe"}, claims)
+	set := ks[0]
+	if err := c.ZAdd(ctx, set, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: "stray"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := c.PTTL(ctx, set).Val(); ttl != -1 {
+		t.Fatalf("setup: PTTL %v, want -1 (no expiry)", ttl)
+	}
+	l, v, err := s.Admit(ctx, time.Now(), claims)
+	if err != nil || !v.OK {
+		t.Fatalf("admit: %+v %v", v, err)
+	}
+	if ttl := c.PTTL(ctx, set).Val(); ttl <= 0 || ttl > time.Minute {
+		t.Fatalf("after an admission: PTTL %v, want an expiry of at most the lease TTL", ttl)
+	}
+	if err := s.Release(ctx, l, claims); err != nil {
+		t.Fatal(err)
+	}
+}
