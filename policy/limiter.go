@@ -298,8 +298,20 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 		rule := &p.rules[i]
 		claims = claims[:len(claims)+1]
 		c := &claims[len(claims)-1]
-		var ok bool
-		if c.Key, ok = p.key(rule, r, ip, ipErr == nil, &who, now, d); !ok {
+		// The address keys inline; the others (headers, tokens, cookies)
+		// out of line, in key.
+		ok := ipErr == nil
+		switch rule.Kind {
+		case KeyIP:
+			c.Key = keys.IP(ip)
+		case KeySubnet:
+			c.Key = keys.Subnet(ip, rule.IPv4Prefix, rule.IPv6Prefix)
+		case KeyGlobal:
+			c.Key, ok = keys.Global(), true
+		default:
+			c.Key, ok = p.key(rule, r, &who, now, d)
+		}
+		if !ok {
 			claims = claims[:len(claims)-1]
 			if rule.RejectMiss {
 				d.refuse(p, rule.Name, ReasonMissing, 0)
@@ -389,25 +401,14 @@ func (w *requestIdentity) get(p *Policy, r *http.Request, now func() time.Time, 
 	return id, true
 }
 
-// key takes rule's key from the request; false when it is absent. It is
-// kept out of line so that its locals (hash buffers of header and cookie
-// keys) do not sit in admit's frame while the store is called.
+// key takes a header, token or cookie rule's key from the request (the
+// address keys are taken in collect); false when it is absent. It is kept
+// out of line so that its locals (hash buffers of header and cookie keys)
+// do not sit in collect's frame.
 //
 //go:noinline
-func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, haveIP bool, who *requestIdentity, now func() time.Time, d *Decision) (keys.Key, bool) {
+func (p *Policy) key(rule *Rule, r *http.Request, who *requestIdentity, now func() time.Time, d *Decision) (keys.Key, bool) {
 	switch rule.Kind {
-	case KeyGlobal:
-		return keys.Global(), true
-	case KeyIP:
-		if !haveIP {
-			return keys.Key{}, false
-		}
-		return keys.IP(ip), true
-	case KeySubnet:
-		if !haveIP {
-			return keys.Key{}, false
-		}
-		return keys.Subnet(ip, rule.IPv4Prefix, rule.IPv6Prefix), true
 	case KeyHeader:
 		return keys.HeaderValue(r, rule.Param)
 	case KeyJWT:
