@@ -239,24 +239,18 @@ func (c *Counter[K]) Count(k K) int {
 }
 
 // Len returns the number of keys that hold at least one slot.
-func (c *Counter[K]) Len() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += s.used
-		s.mu.Unlock()
-	}
-	return n
-}
+func (c *Counter[K]) Len() int { return c.sum(func(s *counts[K]) int { return s.used }) }
 
 // Total returns the number of slots held by all keys together.
-func (c *Counter[K]) Total() int {
+func (c *Counter[K]) Total() int { return c.sum(func(s *counts[K]) int { return s.total }) }
+
+// sum adds f over the shards, one shard lock at a time.
+func (c *Counter[K]) sum(f func(*counts[K]) int) int {
 	n := 0
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		n += s.total
+		n += f(&s.counts)
 		s.mu.Unlock()
 	}
 	return n

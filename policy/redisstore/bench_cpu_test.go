@@ -40,18 +40,7 @@ func BenchmarkScriptCPU(b *testing.B) {
 					b.Fatal(err)
 				}
 				defer dropStore(b, s)
-				claims := benchClaims(rules)
-				op := func() {
-					l, v, err := s.Admit(ctx, time.Now(), claims)
-					if err != nil || !v.OK {
-						b.Fatalf("Admit = %+v, %v", v, err)
-					}
-					if release {
-						if err := s.Release(ctx, l, claims); err != nil {
-							b.Fatal(err)
-						}
-					}
-				}
+				op := benchOp(b, ctx, s, benchClaims(rules), release)
 				op() // load the script cache
 				if err := c.ConfigResetStat(ctx).Err(); err != nil {
 					b.Fatal(err)

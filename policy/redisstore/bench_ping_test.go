@@ -78,19 +78,7 @@ func BenchmarkAdmitVsPing(b *testing.B) {
 							b.Fatal(err)
 						}
 						defer dropStore(b, s)
-						claims := benchClaims(rules)
-						op := func() {
-							l, v, err := s.Admit(ctx, time.Now(), claims)
-							if err != nil || !v.OK {
-								b.Errorf("Admit = %+v, %v", v, err)
-								return
-							}
-							if release {
-								if err := s.Release(ctx, l, claims); err != nil {
-									b.Error(err)
-								}
-							}
-						}
+						op := benchOp(b, ctx, s, benchClaims(rules), release)
 						op() // warm the script cache
 						nsop, trips := run(b, op)
 						if pingNS > 0 {

@@ -336,8 +336,7 @@ func TestLeaseSetWithoutExpiryGetsOne(t *testing.T) {
 	s := newStore(t, c, Options{OnError: FailDeny, Prefix: uniquePrefix(t), LeaseTTL: time.Minute})
 	ctx := context.Background()
 	claims := []policy.Claim{conns("per-user", "hank", 5)}
-	ks, _ := s.admitArgs(&lease{member: "probe"}, claims)
-	set := ks[0]
+	set, _ := s.keys(&claims[0])
 	if err := c.ZAdd(ctx, set, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: "stray"}).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -549,6 +549,24 @@ func TestOneRoundTrip(t *testing.T) {
 
 // benchClaims returns n rules, each with a cap and a bucket that never
 // refuse.
+// benchOp returns one benchmark operation: an admission of claims, and its
+// release when release is set. Failures are reported with Errorf, so the
+// operation may run on RunParallel's goroutines.
+func benchOp(b *testing.B, ctx context.Context, s *Store, claims []policy.Claim, release bool) func() {
+	return func() {
+		l, v, err := s.Admit(ctx, time.Now(), claims)
+		if err != nil || !v.OK {
+			b.Errorf("Admit = %+v, %v", v, err)
+			return
+		}
+		if release {
+			if err := s.Release(ctx, l, claims); err != nil {
+				b.Error(err)
+			}
+		}
+	}
+}
+
 func benchClaims(n int) []policy.Claim {
 	names := []string{"per-ip", "per-subnet", "per-user", "everyone"}
 	out := make([]policy.Claim, n)
