@@ -65,17 +65,17 @@ type memoEntry struct {
 	r     *memRule
 }
 
-// ruleFor returns the state of c's rule.
-func (s *MemoryStore) ruleFor(c *Claim) *memRule {
-	if st := c.state; st != nil {
+// ruleFor returns the state of the rule whose claims share lim.
+func (s *MemoryStore) ruleFor(lim *limits) *memRule {
+	if st := lim.state; st != nil {
 		if e := st.memo.Load(); e != nil && e.store == s {
 			return e.r
 		}
-		r := s.rule(c.Rule)
+		r := s.rule(lim.rule)
 		st.memo.Store(&memoEntry{store: s, r: r})
 		return r
 	}
-	return s.rule(c.Rule)
+	return s.rule(lim.rule)
 }
 
 func (s *MemoryStore) rule(name string) *memRule {
@@ -131,28 +131,31 @@ func (r *memRule) release(k keys.Key, h uint64) bool {
 	}
 }
 
-func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
-	want := int64(c.MaxKeys())
+func (s *MemoryStore) table(r *memRule, lim *limits) *buckets.Table[keys.Key] {
+	want := int64(0)
+	if st := lim.state; st != nil {
+		want = int64(st.maxKeys)
+	}
 	if want <= 0 {
 		want = DefaultMaxKeys
 	}
 	if t := r.buckets.Load(); t != nil && r.maxKeys.Load() == want {
 		return t
 	}
-	return s.newTable(r, c, want)
+	return s.newTable(r, lim, want)
 }
 
 // newTable creates or resizes r's bucket table; out of line, so that the
 // hot path's frame stays small.
 //
 //go:noinline
-func (s *MemoryStore) newTable(r *memRule, c *Claim, want int64) *buckets.Table[keys.Key] {
+func (s *MemoryStore) newTable(r *memRule, lim *limits, want int64) *buckets.Table[keys.Key] {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.buckets.Load()
 	switch {
 	case t == nil:
-		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull()}, s.hash)
+		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: lim.state != nil && lim.state.refuse}, s.hash)
 		r.buckets.Store(t)
 	case r.maxKeys.Load() != want:
 		t.Resize(int(want))
@@ -184,19 +187,20 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 	held, res = held[:len(claims)], res[:len(claims)]
 	for i := range claims {
 		c := &claims[i]
-		r := s.ruleFor(c)
-		if c.Key.Kind != keys.KindGlobal || c.Limit > 0 {
+		lim := c.limits()
+		r := s.ruleFor(lim)
+		if c.Key.Kind != keys.KindGlobal || lim.limit > 0 {
 			c.hash = s.hash(c.Key) // once, for counter, bucket and Release
 		}
-		if c.Conns > 0 {
-			if !r.acquire(c.Key, c.hash, c.Conns) {
+		if lim.conns > 0 {
+			if !r.acquire(c.Key, c.hash, lim.conns) {
 				s.undo(now, claims[:i], held[:i], res[:i])
 				return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
 			}
 			held[i] = r
 		}
-		if c.Limit > 0 {
-			rv, result := s.table(r, c).ReserveHash(c.hash, now, c.Limit, c.Burst)
+		if lim.limit > 0 {
+			rv, result := s.table(r, lim).ReserveHash(c.hash, now, lim.limit, lim.burst)
 			if !result.OK {
 				s.undo(now, claims[:i+1], held[:i+1], res[:i])
 				reason := ReasonRate
@@ -234,10 +238,11 @@ func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res [
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
 		c := &claims[i]
-		if c.Conns <= 0 {
+		lim := c.limits()
+		if lim.conns <= 0 {
 			continue
 		}
-		r := s.ruleFor(c)
+		r := s.ruleFor(lim)
 		// A release finds only an entry stored under the key's true hash
 		// (entries are compared by key), so a stale or missing hash fails
 		// and is computed again; it never frees another key's slot.

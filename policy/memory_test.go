@@ -22,7 +22,7 @@ func TestMemoryStoreReleaseRehashes(t *testing.T) {
 	a := keys.IP(netip.MustParseAddr("192.0.2.1"))
 	b := keys.IP(netip.MustParseAddr("192.0.2.2"))
 	fresh := func(k keys.Key) []Claim {
-		return []Claim{{Rule: "ip", Key: k, Conns: 1}, {Rule: "all", Key: keys.Global(), Conns: 10}}
+		return []Claim{NewClaim("ip", k, 1, 0, 0), NewClaim("all", keys.Global(), 10, 0, 0)}
 	}
 
 	s, other := NewMemoryStore(), NewMemoryStore()
@@ -92,13 +92,13 @@ func TestDecisionClaimsBeyondInline(t *testing.T) {
 			t.Fatalf("%d rules: %d claims", n, len(cl))
 		}
 		for i, c := range cl {
-			if c.Rule != fmt.Sprintf("r%d", i) || c.Conns != 2+i || c.Key != keys.IP(netip.MustParseAddr("192.0.2.7")) {
+			if c.Rule() != fmt.Sprintf("r%d", i) || c.Conns() != 2+i || c.Key != keys.IP(netip.MustParseAddr("192.0.2.7")) {
 				t.Fatalf("%d rules: claim %d = %+v", n, i, c)
 			}
 		}
 		// r0 (cap 2) refuses the third.
 		d3 := l.Admit(ctx, r)
-		if c, ok := d3.RefusedClaim(); d3.Allowed || !ok || c.Rule != "r0" {
+		if c, ok := d3.RefusedClaim(); d3.Allowed || !ok || c.Rule() != "r0" {
 			t.Fatalf("%d rules: third admission %+v, refused claim %+v", n, d3, c)
 		}
 		if k := d3.Key(); k != keys.IP(netip.MustParseAddr("192.0.2.7")) {
@@ -119,5 +119,50 @@ func TestDecisionClaimsBeyondInline(t *testing.T) {
 				t.Fatalf("%d rules: r%d holds %d slots after release", n, i, got)
 			}
 		}
+	}
+}
+
+// TestClaimLimits checks the claim accessors: NewClaim's values, a zero
+// Claim's zeros, and a compiled rule's and tier's limits shared by the
+// claims a Limiter builds.
+func TestClaimLimits(t *testing.T) {
+	c := NewClaim("r", keys.String("k"), 3, 2.5, 7)
+	if c.Rule() != "r" || c.Conns() != 3 || c.Limit() != 2.5 || c.Burst() != 7 || c.MaxKeys() != 0 || c.RefuseWhenFull() {
+		t.Fatalf("NewClaim: got %q %d %v %d %d %v", c.Rule(), c.Conns(), c.Limit(), c.Burst(), c.MaxKeys(), c.RefuseWhenFull())
+	}
+	var z Claim
+	if z.Rule() != "" || z.Conns() != 0 || z.Limit() != 0 || z.Burst() != 0 || z.MaxKeys() != 0 || z.RefuseWhenFull() {
+		t.Fatal("zero Claim reports limits")
+	}
+	// A zero claim limits nothing: the store admits it and releases it.
+	s := NewMemoryStore()
+	if _, v, err := s.Admit(context.Background(), time.Now(), []Claim{z}); err != nil || !v.OK {
+		t.Fatalf("zero claim: %+v %v", v, err)
+	}
+	if err := s.Release(context.Background(), Lease{}, []Claim{z}); err != nil {
+		t.Fatal(err)
+	}
+
+	p, err := Parse([]byte(`version: 1
+state: {max_keys: 50, on_full: refuse}
+rules:
+  - {name: per-ip, key: ip, connections: 4, rate: 2/s, burst: 3, max_keys: 20}
+  - {name: per-subnet, key: subnet, connections: 9}
+`), "claims.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLimiter(p, Options{})
+	d := l.Admit(context.Background(), &http.Request{RemoteAddr: "192.0.2.1:1", Header: http.Header{}})
+	defer d.Release()
+	got := d.Claims()
+	if len(got) != 2 {
+		t.Fatalf("claims: %d", len(got))
+	}
+	if c := got[0]; c.Rule() != "per-ip" || c.Conns() != 4 || c.Limit() != 2 || c.Burst() != 3 || c.MaxKeys() != 20 || !c.RefuseWhenFull() {
+		t.Fatalf("per-ip claim: %q %d %v %d %d %v", c.Rule(), c.Conns(), c.Limit(), c.Burst(), c.MaxKeys(), c.RefuseWhenFull())
+	}
+	if c := got[1]; c.Rule() != "per-subnet" || c.Conns() != 9 || c.Limit() != 0 || c.MaxKeys() != 50 {
+		t.Fatalf("per-subnet claim: %q %d %v %d", c.Rule(), c.Conns(), c.Limit(), c.MaxKeys())
 	}
 }

@@ -111,7 +111,7 @@ type Rule struct {
 	TierClaim string
 	Tiers     map[string]Tier
 
-	state *ruleState
+	lim *limits // what the rule's claims share
 }
 
 // Tier is a compiled tier: the limits a claim value selects.
@@ -119,6 +119,8 @@ type Tier struct {
 	Connections int
 	Limit       rate.Limit
 	Burst       int
+
+	lim *limits // what the tier's claims share
 }
 
 // Policy is a validated, compiled policy. It is immutable and safe for
@@ -305,7 +307,12 @@ func New(cfg Config) (*Policy, error) {
 			r.MaxKeys = maxKeys
 		}
 		r.Refuse = refuse
-		r.state = &ruleState{maxKeys: r.MaxKeys, refuse: refuse}
+		st := &ruleState{maxKeys: r.MaxKeys, refuse: refuse}
+		r.lim = &limits{rule: r.Name, conns: r.Connections, limit: r.Limit, burst: r.Burst, state: st}
+		for name, t := range r.Tiers {
+			t.lim = &limits{rule: r.Name, conns: t.Connections, limit: t.Limit, burst: t.Burst, state: st}
+			r.Tiers[name] = t
+		}
 		if r.Kind == KeyCookie {
 			if _, ok := p.cookies[r.Param]; !ok {
 				p.cookies[r.Param] = newCookie(r.Param, cfg.Identity.Session)
