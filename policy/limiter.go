@@ -257,21 +257,28 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	}
 	d.setClaims(claims)
 	if !v.OK {
-		d.refused = int32(v.Index + 1)
-		if v.Reason == ReasonStoreError {
-			d.refused = 0
-			d.refuse(p, "", ReasonStoreError, v.RetryAfter)
-			return d
-		}
-		ra := v.RetryAfter
-		if v.Reason == ReasonConnections {
-			ra = p.capRetryAfter
-		}
-		d.refuse(p, claims[v.Index].Rule(), v.Reason, ra)
+		d.refusedBy(p, claims, v)
 		return d
 	}
 	d.lease, d.held = lease, true
 	return d
+}
+
+// refusedBy records the store's refusal. Out of line, like refuse, so that
+// admit's frame stays small.
+//
+//go:noinline
+func (d *Decision) refusedBy(p *Policy, claims []Claim, v Verdict) {
+	if v.Reason == ReasonStoreError {
+		d.refuse(p, "", ReasonStoreError, v.RetryAfter)
+		return
+	}
+	d.refused = int32(v.Index + 1)
+	ra := v.RetryAfter
+	if v.Reason == ReasonConnections {
+		ra = p.capRetryAfter
+	}
+	d.refuse(p, claims[v.Index].Rule(), v.Reason, ra)
 }
 
 // collect resolves the client and takes each rule's key from r: the claims

@@ -187,20 +187,22 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 	held, res = held[:len(claims)], res[:len(claims)]
 	for i := range claims {
 		c := &claims[i]
-		lim := c.limits()
-		r := s.ruleFor(lim)
-		if c.Key.Kind != keys.KindGlobal || lim.limit > 0 {
+		if c.lim == nil {
+			c.lim = noLimits // the same as none; read through c below, which keeps the frame small
+		}
+		r := s.ruleFor(c.lim)
+		if c.Key.Kind != keys.KindGlobal || c.lim.limit > 0 {
 			c.hash = s.hash(c.Key) // once, for counter, bucket and Release
 		}
-		if lim.conns > 0 {
-			if !r.acquire(c.Key, c.hash, lim.conns) {
+		if c.lim.conns > 0 {
+			if !r.acquire(c.Key, c.hash, c.lim.conns) {
 				s.undo(now, claims[:i], held[:i], res[:i])
 				return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
 			}
 			held[i] = r
 		}
-		if lim.limit > 0 {
-			rv, result := s.table(r, lim).ReserveHash(c.hash, now, lim.limit, lim.burst)
+		if c.lim.limit > 0 {
+			rv, result := s.table(r, c.lim).ReserveHash(c.hash, now, c.lim.limit, c.lim.burst)
 			if !result.OK {
 				s.undo(now, claims[:i+1], held[:i+1], res[:i])
 				reason := ReasonRate
@@ -238,11 +240,10 @@ func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res [
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
 		c := &claims[i]
-		lim := c.limits()
-		if lim.conns <= 0 {
+		if c.lim == nil || c.lim.conns <= 0 {
 			continue
 		}
-		r := s.ruleFor(lim)
+		r := s.ruleFor(c.lim)
 		// A release finds only an entry stored under the key's true hash
 		// (entries are compared by key), so a stale or missing hash fails
 		// and is computed again; it never frees another key's slot.
