@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/wslimit/wslimit/concurrency/handoff"
 	"golang.org/x/time/rate"
 )
 
@@ -329,6 +330,7 @@ func BenchmarkAdmitRelease(b *testing.B) {
 			b.Run(bc.name+"/"+impl.name+"parallel", func(b *testing.B) {
 				step := impl.mk(b)
 				var seeds atomic.Uint64
+				before := handoff.RoundTrip(handoffTurns)
 				b.ReportAllocs()
 				b.ResetTimer()
 				b.RunParallel(func(pb *testing.PB) {
@@ -337,9 +339,22 @@ func BenchmarkAdmitRelease(b *testing.B) {
 						step(d.next())
 					}
 				})
+				b.StopTimer()
+				reportHandoff(b, before, handoff.RoundTrip(handoffTurns))
 			})
 		}
 	}
+}
+
+// handoffTurns is how many round trips measure the machine's cache-line
+// handoff beside a parallel run: 2-7 ms.
+const handoffTurns = 20_000
+
+// reportHandoff reports the slower of the handoff round trips measured
+// before and after a parallel run, as handoff-ns: the parallel figures
+// follow it (docs/benchmarks.md, "The machine has two modes").
+func reportHandoff(b *testing.B, before, after time.Duration) {
+	b.ReportMetric(float64(max(before, after).Nanoseconds()), "handoff-ns")
 }
 
 // BenchmarkRelease measures Release alone for a 3-rule admission.

@@ -159,6 +159,28 @@ func (rs *results) median(pkg, name, unit string) (float64, int) {
 	return median(vs), len(vs)
 }
 
+// fastHandoff is the largest cache-line round trip (handoff-ns) of a run
+// in the machine's fast mode; the slow mode reads about 350 ns
+// (docs/benchmarks.md).
+const fastHandoff = 150
+
+// fastMode returns the median ns/op of the runs of a parallel benchmark
+// that reported a handoff-ns of at most fastHandoff, and their count;
+// false when the benchmark reports no handoff-ns.
+func (rs *results) fastMode(pkg, name string) (float64, int, bool) {
+	ns, hs := rs.find(pkg, name, "ns/op"), rs.find(pkg, name, "handoff-ns")
+	if len(hs) == 0 || len(hs) != len(ns) {
+		return 0, 0, false
+	}
+	var fast []float64
+	for i, h := range hs {
+		if h <= fastHandoff {
+			fast = append(fast, ns[i])
+		}
+	}
+	return median(fast), len(fast), true
+}
+
 // median returns the median of vs, 0 for none.
 func median(vs []float64) float64 {
 	if len(vs) == 0 {
@@ -350,6 +372,9 @@ func admissionChart(rs *results) (*chart, bool) {
 			bytes, _ := rs.median("policy", name, "B/op")
 			bars = append(bars, bar{"", v, m.col, text})
 			ch.summary = append(ch.summary, fmt.Sprintf("AdmitRelease/%s/%s%s: %.0f ns/op, %.0f B/op, %.0f allocs/op (median of %d)", pol, m.impl, m.mode, v, bytes, allocs, k))
+			if fast, n, ok := rs.fastMode("policy", name); ok {
+				ch.summary = append(ch.summary, fmt.Sprintf("  in the fast handoff mode (handoff-ns <= %d): %.0f ns/op (median of %d)", fastHandoff, fast, n))
+			}
 		}
 		if len(bars) > 0 {
 			ch.groups = append(ch.groups, group{title: label, bars: bars})

@@ -1,0 +1,25 @@
+package handoff
+
+import (
+	"runtime"
+	"testing"
+)
+
+func TestRoundTrip(t *testing.T) {
+	if got := RoundTrip(0); got != 0 {
+		t.Fatalf("RoundTrip(0) = %v, want 0", got)
+	}
+	if runtime.GOMAXPROCS(0) < 2 {
+		if got := RoundTrip(10); got != 0 {
+			t.Fatalf("one core: RoundTrip = %v, want 0", got)
+		}
+		return
+	}
+	// A round trip between two cores takes some time, and far less than a
+	// millisecond even on a loaded machine.
+	got := RoundTrip(10_000)
+	if got <= 0 || got > 1e6 {
+		t.Fatalf("RoundTrip(10000) = %v per round trip", got)
+	}
+	t.Logf("%v per round trip", got)
+}
