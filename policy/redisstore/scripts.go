@@ -43,7 +43,11 @@ import "github.com/redis/go-redis/v9"
 // A lease set's expiry must cover its longest lease, and instances may run
 // different lease TTLs: PEXPIRE ... GT (Redis 7.0) only ever extends it. A
 // set this admission created has no expiry yet (GT would not set one): it
-// gets a plain PEXPIRE. Before Redis 7.0 the script reads PTTL first.
+// gets a plain PEXPIRE. A set left without an expiry (by a script that
+// failed half way) gets one from a later admission in a millisecond that
+// is a multiple of 16 (checking on every admission cost a hot key one more
+// call each time), or from the next refresh of a live lease in it. Before
+// Redis 7.0 the script reads PTTL first.
 const admitSrc = `
 if redis.replicate_commands then redis.replicate_commands() end
 local member = ARGV[1]
@@ -120,8 +124,11 @@ for i = 1, n do
       redis.call('PEXPIRE', ck, ttls)
     elseif gt then
       -- GT takes a key without an expiry as expiring never: such a set (left
-      -- by a script that failed half way) gets one here.
-      if redis.call('PEXPIRE', ck, ttls, 'GT') == 0 and redis.call('PTTL', ck) == -1 then
+      -- by a script that failed half way) gets one here. A reply of 0 mostly
+      -- means that another admission set this very expiry in this same
+      -- millisecond (a hot key), so the check runs in one millisecond of 16;
+      -- a refresh of any live lease in the set sets an expiry too.
+      if redis.call('PEXPIRE', ck, ttls, 'GT') == 0 and now % 16 == 0 and redis.call('PTTL', ck) == -1 then
         redis.call('PEXPIRE', ck, ttls)
       end
     elseif redis.call('PTTL', ck) < ttl then
