@@ -74,23 +74,22 @@ func TestUpgradeAllocs(t *testing.T) {
 	var up websocket.Upgrader
 	w, r := newMemWriter(), handshakeRequest()
 	var last *Conn
-	guarded := testing.AllocsPerRun(200, func() {
-		clear(w.h)
+	allocs := func(upgrade func() (interface{ Close() error }, error)) float64 {
+		return testing.AllocsPerRun(200, func() {
+			clear(w.h)
+			c, err := upgrade()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		})
+	}
+	guarded := allocs(func() (interface{ Close() error }, error) {
 		c, err := g.Upgrade(w, r, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
 		last = c
+		return c, err
 	})
-	unguarded := testing.AllocsPerRun(200, func() {
-		clear(w.h)
-		c, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
-	})
+	unguarded := allocs(func() (interface{ Close() error }, error) { return up.Upgrade(w, r, nil) })
 	t.Logf("allocations per handshake: guarded %.0f, unguarded %.0f", guarded, unguarded)
 	if extra := guarded - unguarded; extra > 4 {
 		t.Errorf("a guarded handshake allocates %.0f more than an unguarded one, want at most 4 (Decision, Conn, AddCleanup's two)", extra)

@@ -467,11 +467,7 @@ func TestKeysExpire(t *testing.T) {
 // shorter lease TTL does not cut the lease set's expiry below the leases of
 // an instance with a longer one.
 func TestLeaseSetOutlivesLongestLease(t *testing.T) {
-	addr := sharedAddr(t)
-	c, _ := newClient(t, addr)
-	prefix := uniquePrefix(t)
-	long := newStore(t, c, Options{OnError: FailAllow, Prefix: prefix, LeaseTTL: 10 * time.Second})
-	short := newStore(t, c, Options{OnError: FailAllow, Prefix: prefix, LeaseTTL: time.Second})
+	c, long, short := longAndShortLeases(t)
 	ctx := context.Background()
 	claims := []policy.Claim{conns("r", "mixed", 5)}
 	if _, v, _ := long.Admit(ctx, time.Now(), claims); !v.OK {
@@ -481,7 +477,24 @@ func TestLeaseSetOutlivesLongestLease(t *testing.T) {
 		t.Fatal("refused")
 	}
 	ck, _ := long.keys(&claims[0])
-	if ttl := c.PTTL(ctx, ck).Val(); ttl <= 9*time.Second {
+	expectLongerLease(t, c, ck)
+}
+
+// longAndShortLeases returns a client and two stores sharing one prefix,
+// one with 10 s leases and one with 1 s leases.
+func longAndShortLeases(t *testing.T) (c *redis.Client, long, short *Store) {
+	c, _ = newClient(t, sharedAddr(t))
+	prefix := uniquePrefix(t)
+	long = newStore(t, c, Options{OnError: FailDeny, Prefix: prefix, LeaseTTL: 10 * time.Second})
+	short = newStore(t, c, Options{OnError: FailDeny, Prefix: prefix, LeaseTTL: time.Second})
+	return c, long, short
+}
+
+// expectLongerLease fails unless lease set ck expires with the longer
+// (10 s) lease.
+func expectLongerLease(t *testing.T, c *redis.Client, ck string) {
+	t.Helper()
+	if ttl := c.PTTL(context.Background(), ck).Val(); ttl <= 9*time.Second {
 		t.Fatalf("lease set PTTL = %v, want ~10s (the longer lease)", ttl)
 	}
 }
