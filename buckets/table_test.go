@@ -886,7 +886,7 @@ func BenchmarkBucketVsBaseline(b *testing.B) {
 		b.Run(impl.name+"/parallel", func(b *testing.B) {
 			// The machine's cache-line handoff before and after (the slower
 			// is reported): parallel figures follow it (docs/benchmarks.md).
-			before := handoff.RoundTrip(20_000)
+			before := handoff.RoundTrip(handoff.BenchTurns)
 			b.ReportAllocs()
 			b.ResetTimer()
 			var next atomic.Int64
@@ -900,7 +900,7 @@ func BenchmarkBucketVsBaseline(b *testing.B) {
 				}
 			})
 			b.StopTimer()
-			b.ReportMetric(float64(max(before, handoff.RoundTrip(20_000)).Nanoseconds()), "handoff-ns")
+			b.ReportMetric(float64(max(before, handoff.RoundTrip(handoff.BenchTurns)).Nanoseconds()), "handoff-ns")
 		})
 	}
 }

@@ -330,7 +330,7 @@ func BenchmarkAdmitRelease(b *testing.B) {
 			b.Run(bc.name+"/"+impl.name+"parallel", func(b *testing.B) {
 				step := impl.mk(b)
 				var seeds atomic.Uint64
-				before := handoff.RoundTrip(handoffTurns)
+				before := handoff.RoundTrip(handoff.BenchTurns)
 				b.ReportAllocs()
 				b.ResetTimer()
 				b.RunParallel(func(pb *testing.PB) {
@@ -340,15 +340,11 @@ func BenchmarkAdmitRelease(b *testing.B) {
 					}
 				})
 				b.StopTimer()
-				reportHandoff(b, before, handoff.RoundTrip(handoffTurns))
+				reportHandoff(b, before, handoff.RoundTrip(handoff.BenchTurns))
 			})
 		}
 	}
 }
-
-// handoffTurns is how many round trips measure the machine's cache-line
-// handoff beside a parallel run: 2-7 ms.
-const handoffTurns = 20_000
 
 // reportHandoff reports the slower of the handoff round trips measured
 // before and after a parallel run, as handoff-ns: the parallel figures

@@ -12,6 +12,10 @@ import (
 	"time"
 )
 
+// BenchTurns is how many round trips a benchmark spends measuring the
+// handoff beside a parallel run: 2–8 ms on the machines we measure.
+const BenchTurns = 20_000
+
 // RoundTrip has two goroutines take n turns each at advancing one shared
 // counter, each spinning until the other has written, and returns the time
 // per round trip (two handoffs of the counter's cache line). It needs two
