@@ -68,6 +68,9 @@ func universalOptions(cfg policy.RedisConfig) (*redis.UniversalOptions, error) {
 		MasterName:            cfg.MasterName,
 		DB:                    cfg.DB,
 		ContextTimeoutEnabled: true,
+		// The pool keeps this many connections set up in the background,
+		// so that a burst of admissions does not dial on its own budget.
+		MinIdleConns: warmConns,
 	}
 	var err error
 	if uo.Username, err = fromEnv("username_env", cfg.UsernameEnv); err != nil {
