@@ -192,11 +192,16 @@ func (s *redisServer) shutdown() {
 	os.RemoveAll(s.dir)
 }
 
-// countHook counts the commands and pipelines a client sends: each is one
-// network round trip.
-type countHook struct{ n atomic.Int64 }
+// countHook counts the commands and pipelines a client sends (each is one
+// network round trip) and the connections it dials.
+type countHook struct{ n, dials atomic.Int64 }
 
-func (h *countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *countHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		h.dials.Add(1)
+		return next(ctx, network, addr)
+	}
+}
 func (h *countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		h.n.Add(1)
