@@ -27,6 +27,9 @@ type Config struct {
 	Reject RejectConfig `yaml:"reject" json:"reject,omitempty"`
 	// Mode is "enforce" (default) or "dry_run".
 	Mode string `yaml:"mode" json:"mode,omitempty"`
+	// Listener caps TCP connections at accept (package policy/listener);
+	// nil means no listener caps.
+	Listener *ListenerConfig `yaml:"listener" json:"listener,omitempty"`
 }
 
 // ClientIPConfig says how the client address is taken from a request.

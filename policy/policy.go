@@ -248,6 +248,12 @@ func New(cfg Config) (*Policy, error) {
 		v.add("state.store", "must be memory or redis (got %q)", cfg.State.Store)
 	}
 
+	if cfg.Listener != nil {
+		lc := *cfg.Listener // the caller's Config stays as written
+		validateListener(v, &lc)
+		p.cfg.Listener = &lc
+	}
+
 	switch cfg.Reject.Mode {
 	case "", RejectStatus:
 		p.rejectMode = RejectStatus

@@ -1,0 +1,306 @@
+// Package listener caps TCP connections when they are accepted, before any
+// HTTP is read, by the listener section of a policy (policy.ListenerConfig):
+// open connections per peer address, per peer subnet and in all, and an
+// accept rate. It is the file-descriptor ceiling that the WebSocket rules
+// cannot be: those see only upgrade requests, while idle keep-alive
+// connections, slowloris requests and plain HTTP hold descriptors too.
+//
+// A connection over a cap is closed at once with a reset (SO_LINGER 0), so
+// it costs the process one accept and no TIME_WAIT; Accept goes on to the
+// next connection and never returns such a refusal as an error. An admitted
+// connection holds its slots until its Close, however it is used after
+// Accept: served by net/http, hijacked for a WebSocket, handed to another
+// goroutine. If it is dropped without Close, a runtime cleanup frees its
+// slots once it is unreachable.
+//
+// # Concurrency
+//
+// A Listener is safe for concurrent use; SetPolicy may be called while
+// connections are being accepted.
+package listener
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/wslimit/wslimit/keys"
+	"github.com/wslimit/wslimit/policy"
+)
+
+// Refusal reasons, as counted in Stats and passed to Options.OnRefuse.
+const (
+	ReasonPerIP     = "per_ip"
+	ReasonPerSubnet = "per_subnet"
+	ReasonGlobal    = "global"
+	ReasonRate      = "rate"
+)
+
+// Options configure a Listener. The zero value is usable.
+type Options struct {
+	// Now is the clock of the accept rate; nil means time.Now.
+	Now func() time.Time
+	// OnRefuse, when set, is called after a connection was refused and
+	// closed, with the peer address and the reason (for logs; it must not
+	// block). Keys never become metric labels: count by reason only.
+	OnRefuse func(peer netip.Addr, reason string)
+}
+
+// Stats is a snapshot of a Listener's counters.
+type Stats struct {
+	// Live is the number of admitted connections not yet closed.
+	Live int
+	// Accepted counts admitted connections.
+	Accepted uint64
+	// Refused counts refused connections by reason.
+	Refused map[string]uint64
+}
+
+// Listener wraps a net.Listener; see the package documentation.
+type Listener struct {
+	inner    net.Listener
+	now      func() time.Time
+	onRefuse func(netip.Addr, string)
+	cfg      atomic.Pointer[limits]
+
+	mu       sync.Mutex
+	perIP    map[netip.Addr]int   // entries only while > 0
+	perNet   map[netip.Prefix]int // entries only while > 0
+	live     int
+	accepted uint64
+	refused  map[string]uint64
+}
+
+// limits is the compiled listener section of one policy.
+type limits struct {
+	perIP, perSubnet, global int
+	v4, v6                   int            // subnet prefix lengths
+	unlimited                []netip.Prefix // trusted proxies and exempt blocks: no per-address caps
+	rate                     *rate.Limiter  // accepts of all peers; nil means no rate
+}
+
+// New wraps ln with the listener section of p. A policy without one admits
+// every connection (and counts it in Stats).
+func New(ln net.Listener, p *policy.Policy, opts Options) (*Listener, error) {
+	if ln == nil || p == nil {
+		return nil, errors.New("listener: nil listener or policy")
+	}
+	l := &Listener{
+		inner:    ln,
+		now:      opts.Now,
+		onRefuse: opts.OnRefuse,
+		perIP:    map[netip.Addr]int{},
+		perNet:   map[netip.Prefix]int{},
+		refused:  map[string]uint64{},
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if err := l.SetPolicy(p); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// SetPolicy applies p's listener section to connections accepted from now
+// on; open connections keep their slots and count against the new caps.
+// The accept bucket keeps its tokens if the rate and burst are unchanged,
+// and starts full otherwise.
+func (l *Listener) SetPolicy(p *policy.Policy) error {
+	cfg := p.Config()
+	lim := &limits{}
+	if lc := cfg.Listener; lc != nil {
+		lim.perIP, lim.perSubnet, lim.global = lc.PerIP, lc.PerSubnet, lc.Global
+		lim.v4, lim.v6 = lc.IPv4Prefix, lc.IPv6Prefix
+		if lc.Rate != "" {
+			r, err := policy.ParseRate(lc.Rate)
+			if err != nil {
+				return err // New validated it: only a hand-built Policy gets here
+			}
+			lim.rate = rate.NewLimiter(r, lc.Burst)
+			if old := l.cfg.Load(); old != nil && old.rate != nil && old.rate.Limit() == r && old.rate.Burst() == lc.Burst {
+				lim.rate = old.rate
+			}
+		}
+	}
+	for _, s := range append(append([]string(nil), cfg.ClientIP.TrustedProxies...), cfg.Exempt...) {
+		pfx, err := policy.ParsePrefix(s)
+		if err != nil {
+			return err
+		}
+		lim.unlimited = append(lim.unlimited, pfx)
+	}
+	l.cfg.Store(lim)
+	return nil
+}
+
+// Accept returns the next connection that every cap admits. Refused
+// connections are closed and counted; errors are the inner listener's.
+func (l *Listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.inner.Accept()
+		if err != nil {
+			return nil, err
+		}
+		peer := peerAddr(c)
+		s, reason := l.admit(peer)
+		if reason == "" {
+			return newConn(c, s), nil
+		}
+		abort(c)
+		if l.onRefuse != nil {
+			l.onRefuse(peer, reason)
+		}
+	}
+}
+
+// Close closes the inner listener; accepted connections stay open.
+func (l *Listener) Close() error { return l.inner.Close() }
+
+// Addr returns the inner listener's address.
+func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
+
+// Stats returns a snapshot of the counters.
+func (l *Listener) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := Stats{Live: l.live, Accepted: l.accepted, Refused: make(map[string]uint64, len(l.refused))}
+	for k, v := range l.refused {
+		st.Refused[k] = v
+	}
+	return st
+}
+
+// admit takes a slot under every cap for peer, or none: it returns the
+// slot, or the reason of the first cap that refused.
+func (l *Listener) admit(peer netip.Addr) (*slot, string) {
+	lim := l.cfg.Load()
+	s := &slot{l: l, ip: peer}
+	capped := peer.IsValid() && !lim.contains(peer)
+	if capped && lim.perSubnet > 0 {
+		bits := lim.v6
+		if peer.Is4() {
+			bits = lim.v4
+		}
+		s.subnet, _ = peer.Prefix(bits)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	reason := ""
+	switch {
+	case lim.global > 0 && l.live >= lim.global:
+		reason = ReasonGlobal
+	case capped && lim.perIP > 0 && l.perIP[peer] >= lim.perIP:
+		reason = ReasonPerIP
+	case s.subnet.IsValid() && l.perNet[s.subnet] >= lim.perSubnet:
+		reason = ReasonPerSubnet
+	case lim.rate != nil && !lim.rate.AllowN(l.now(), 1): // last: a refused connection spends no token
+		reason = ReasonRate
+	}
+	if reason != "" {
+		l.refused[reason]++
+		return nil, reason
+	}
+	l.live++
+	l.accepted++
+	if capped && lim.perIP > 0 {
+		s.counted = true
+		l.perIP[peer]++
+	}
+	if s.subnet.IsValid() {
+		l.perNet[s.subnet]++
+	}
+	return s, ""
+}
+
+// release frees what s holds; the caller makes sure it runs once.
+func (l *Listener) release(s *slot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.live--
+	if s.counted {
+		if l.perIP[s.ip]--; l.perIP[s.ip] <= 0 {
+			delete(l.perIP, s.ip)
+		}
+	}
+	if s.subnet.IsValid() {
+		if l.perNet[s.subnet]--; l.perNet[s.subnet] <= 0 {
+			delete(l.perNet, s.subnet)
+		}
+	}
+}
+
+func (lim *limits) contains(a netip.Addr) bool {
+	for _, p := range lim.unlimited {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// slot is what one admitted connection holds. It is kept apart from the
+// connection so that the runtime cleanup can release it once the
+// connection is unreachable.
+type slot struct {
+	l        *Listener
+	ip       netip.Addr
+	subnet   netip.Prefix // valid when counted per subnet
+	counted  bool         // counted per address
+	released atomic.Bool
+}
+
+func (s *slot) release() {
+	if s.released.CompareAndSwap(false, true) {
+		s.l.release(s)
+	}
+}
+
+// conn is an admitted connection: Close releases its slot.
+type conn struct {
+	net.Conn
+	s *slot
+}
+
+func newConn(c net.Conn, s *slot) *conn {
+	w := &conn{Conn: c, s: s}
+	runtime.AddCleanup(w, (*slot).release, s)
+	return w
+}
+
+// Close closes the connection and frees its slots (once).
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.s.release()
+	return err
+}
+
+// peerAddr returns the connection's remote address, IPv4-mapped IPv6
+// folded to IPv4; invalid when it is not an IP address.
+func peerAddr(c net.Conn) netip.Addr {
+	var a netip.Addr
+	switch ra := c.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		a, _ = netip.AddrFromSlice(ra.IP)
+	default:
+		if ap, err := netip.ParseAddrPort(ra.String()); err == nil {
+			a = ap.Addr()
+		}
+	}
+	return keys.Normalize(a.WithZone(""))
+}
+
+// abort closes a refused connection with a reset where it can: the peer
+// learns at once, and this side keeps no TIME_WAIT.
+func abort(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+}
