@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/listener"
 	"github.com/wslimit/wslimit/policy/prom"
 	"github.com/wslimit/wslimit/policy/redisstore"
 	"github.com/wslimit/wslimit/policy/reload"
@@ -82,9 +83,9 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 
 	// Listen before serving so that a busy port fails the start, and the
 	// log line names the real address (":0" picks a free port).
-	servers := []*http.Server{{Handler: newMux(g), ReadHeaderTimeout: 5 * time.Second}}
+	servers := []*http.Server{newServer(newMux(g))}
 	lns := make([]net.Listener, 0, 2)
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listen(addr, p, reg, log)
 	if err != nil {
 		return err
 	}
@@ -96,7 +97,7 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 			return fmt.Errorf("admin listener: %w", err)
 		}
 		lns = append(lns, aln)
-		servers = append(servers, &http.Server{Handler: newAdminMux(g, reg), ReadHeaderTimeout: 5 * time.Second})
+		servers = append(servers, newServer(newAdminMux(g, reg)))
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -132,6 +133,38 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 		}
 	}
 	return serveErr
+}
+
+// newServer returns an http.Server with every timeout a public server
+// needs: a client that sends its headers slowly, or goes idle between
+// requests, loses its connection instead of holding a descriptor forever.
+// (WebSockets are hijacked: these do not apply to them once upgraded.)
+func newServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
+
+// listen opens the public listener, wrapped in the policy's listener caps
+// when it has any (every TCP connection counts there, WebSocket or not),
+// with their counters in reg.
+func listen(addr string, p *policy.Policy, reg *prometheus.Registry, log *slog.Logger) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil || p.Config().Listener == nil {
+		return ln, err
+	}
+	capped, err := listener.New(ln, p, listener.Options{})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	reg.MustRegister(prom.NewListenerCollector(capped, prom.Options{}))
+	lc := p.Config().Listener
+	log.Info("wslimit listener caps", "per_ip", lc.PerIP, "per_subnet", lc.PerSubnet, "global", lc.Global, "rate", lc.Rate)
+	return capped, nil
 }
 
 // newGuard returns the demo's guard, with a Prometheus observer registered

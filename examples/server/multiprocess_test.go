@@ -276,10 +276,18 @@ type demoProc struct {
 // between choosing and binding it costs a retry.
 func startDemo(t *testing.T, bin, policyFile string, idx int) *demoProc {
 	t.Helper()
+	return startDemoWith(t, nil, bin, idx, "-policy", policyFile)
+}
+
+// startDemoWith is startDemo with the command run through wrap (e.g.
+// prlimit and its arguments; nil for none) and the given flags.
+func startDemoWith(t *testing.T, wrap []string, bin string, idx int, flags ...string) *demoProc {
+	t.Helper()
 	var last string
 	for attempt := 0; attempt < 5; attempt++ {
 		p := &demoProc{idx: idx, addr: freeAddr(t), out: &syncBuffer{}, done: make(chan struct{})}
-		p.cmd = exec.Command(bin, "-addr", p.addr, "-policy", policyFile)
+		argv := append(append(append([]string{}, wrap...), bin, "-addr", p.addr), flags...)
+		p.cmd = exec.Command(argv[0], argv[1:]...)
 		p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 		if err := p.cmd.Start(); err != nil {
 			t.Fatalf("starting instance %d: %v", idx, err)
