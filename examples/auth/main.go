@@ -123,7 +123,9 @@ func run(addr string, log *slog.Logger) error {
 	defer g.Close()
 
 	iss := &issuer{secret: secret, now: time.Now}
-	srv := &http.Server{Addr: addr, Handler: newMux(g, iss), ReadHeaderTimeout: 5 * time.Second}
+	// Every timeout a public server needs: slow headers and idle
+	// keep-alive connections lose their descriptors.
+	srv := &http.Server{Addr: addr, Handler: newMux(g, iss), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	errc := make(chan error, 1)

@@ -1,41 +1,45 @@
 // Command minimal is the smallest guarded gorilla/websocket server: the
 // README's snippet as a program.
 //
-//	go run ./examples/minimal
+//	go run ./examples/minimal [-addr 127.0.0.1:8081]
 package main
 
 import (
+	"flag"
 	"log"
+	"net"
 	"net/http"
+	"time"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/listener"
 	"github.com/wslimit/wslimit/ws"
 )
 
+const policyYAML = `
+version: 1
+rules:
+  - {name: per-ip, key: ip, connections: 10, rate: 5/s, burst: 10}
+  - {name: everyone, key: global, connections: 10000}
+listener: {per_ip: 64, global: 20000}   # every TCP connection, before any HTTP
+`
+
 func main() {
-	// The same policy as YAML would be:
-	//   version: 1
-	//   rules:
-	//     - {name: per-ip, key: ip, connections: 10, rate: 5/s, burst: 10}
-	//     - {name: everyone, key: global, connections: 10000}
-	p, err := policy.New(policy.Config{
-		Version: 1,
-		Rules: []policy.RuleConfig{
-			{Name: "per-ip", Key: "ip", Connections: 10, Rate: "5/s", Burst: 10},
-			{Name: "everyone", Key: "global", Connections: 10000},
-		},
-	})
+	addr := flag.String("addr", "127.0.0.1:8081", "listen address")
+	flag.Parse()
+
+	p, err := policy.Parse([]byte(policyYAML), "policy.yaml") // or policy.LoadFile: errors carry file:line:col
 	if err != nil {
 		log.Fatal(err)
 	}
-	g, err := ws.New(p, ws.Options{Upgrader: websocket.Upgrader{}})
+	g, err := ws.New(p, ws.Options{Upgrader: websocket.Upgrader{}}) // CheckOrigin nil: same origin only
 	if err != nil {
 		log.Fatal(err)
 	}
 	http.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
-		conn, err := g.Upgrade(w, r, nil) // a refusal is already written (429 + Retry-After)
+		conn, err := g.Upgrade(w, r, nil) // a refusal is already written: 429 + Retry-After + JSON
 		if err != nil {
 			return
 		}
@@ -48,5 +52,16 @@ func main() {
 			_ = conn.WriteMessage(mt, msg)
 		}
 	})
-	log.Fatal(http.ListenAndServe("127.0.0.1:8081", nil))
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	capped, err := listener.New(ln, p, listener.Options{}) // the listener section's caps
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
+	log.Printf("listening on ws://%s/ws", ln.Addr())
+	log.Fatal(srv.Serve(capped))
 }
