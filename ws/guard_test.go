@@ -464,7 +464,13 @@ func TestReleaseForgottenConnection(t *testing.T) {
 			name = "panic-without-close"
 		}
 		t.Run(name, func(t *testing.T) {
+			// The handler keeps the connection reachable until the test
+			// has seen its slot held: a collection between the handshake
+			// and that check (any allocation may start one) would
+			// otherwise release the slot first.
+			checked := make(chan struct{})
 			ts := newTestServer(t, capDoc(1), func(c *Conn) {
+				<-checked
 				if panics {
 					panic("handler bug, no deferred Close")
 				}
@@ -472,13 +478,16 @@ func TestReleaseForgottenConnection(t *testing.T) {
 			})
 			c, _, err := ts.dial(t, nil)
 			if err != nil {
+				close(checked)
 				t.Fatal(err)
 			}
 			defer c.Close()
-			if got := ts.conns("per-ip"); got != 1 {
+			got := ts.conns("per-ip")
+			close(checked)
+			if got != 1 {
 				t.Fatalf("slots = %d, want 1", got)
 			}
-			deadline := time.Now().Add(10 * time.Second)
+			deadline := time.Now().Add(slack)
 			for ts.conns("per-ip") != 0 {
 				if time.Now().After(deadline) {
 					t.Fatal("slot of an unreachable connection never released")
