@@ -84,7 +84,7 @@ func newIdentityServer(t *testing.T, up websocket.Upgrader) *idServer {
 }
 
 func (s *idServer) dial(h http.Header, protocols ...string) (*websocket.Conn, *http.Response, error) {
-	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, Subprotocols: protocols}
+	d := websocket.Dialer{HandshakeTimeout: slack, Subprotocols: protocols}
 	return d.Dial("ws"+strings.TrimPrefix(s.URL, "http"), h)
 }
 

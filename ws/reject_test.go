@@ -28,7 +28,7 @@ func TestAutoMode(t *testing.T) {
 		t.Fatalf("with Origin: %v, want an upgrade then a close", err)
 	}
 	defer c.Close()
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetReadDeadline(time.Now().Add(slack))
 	_, _, err = c.ReadMessage()
 	var ce *websocket.CloseError
 	if !errors.As(err, &ce) || ce.Code != websocket.CloseTryAgainLater {

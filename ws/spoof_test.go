@@ -81,7 +81,7 @@ func newSpoofServer(t *testing.T, network, doc string) *spoofServer {
 func (ss *spoofServer) url() string { return "ws" + strings.TrimPrefix(ss.URL, "http") + "/ws" }
 
 func (ss *spoofServer) dial(h http.Header) (*websocket.Conn, *http.Response, error) {
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	d := websocket.Dialer{HandshakeTimeout: slack}
 	return d.Dial(ss.url(), h)
 }
 
@@ -91,7 +91,7 @@ func (ss *spoofServer) clientIP(t *testing.T) netip.Addr {
 	select {
 	case a := <-ss.ips:
 		return a
-	case <-time.After(10 * time.Second):
+	case <-time.After(slack):
 		t.Fatal("the server never reported an admitted connection")
 		return netip.Addr{}
 	}
@@ -358,7 +358,7 @@ func TestSpoofMalformedRequests(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+		_ = nc.SetDeadline(time.Now().Add(slack))
 		if _, err := nc.Write([]byte(req)); err != nil {
 			t.Fatal(err)
 		}

@@ -307,6 +307,12 @@ func (lt *loadTest) schedule(ctx context.Context, start time.Time, tickets chan<
 				}
 			}
 		}
+		// A select with both cases ready picks at random: once the phase
+		// is over (a schedule running late, catching up on attempts
+		// already due), no ticket may go out.
+		if ctx.Err() != nil {
+			return
+		}
 		select {
 		case tickets <- i:
 		case <-ctx.Done():

@@ -85,7 +85,7 @@ func (s *server) dial(t *testing.T, ip string, hdr ...string) (*websocket.Conn, 
 	for i := 0; i+1 < len(hdr); i += 2 {
 		h.Set(hdr[i], hdr[i+1])
 	}
-	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	d := websocket.Dialer{HandshakeTimeout: slack}
 	c, resp, err := d.Dial("ws"+strings.TrimPrefix(s.URL, "http"), h)
 	if err == nil {
 		return c, http.StatusSwitchingProtocols
@@ -139,12 +139,18 @@ func live(t *testing.T, reg prometheus.Gatherer, rule string) float64 {
 	return -1
 }
 
+// slack bounds the waits of these tests (a handshake, waitLive), none of
+// which is their subject: CI runs every package's tests at once, with
+// -race, on 2 cores, and a stall of seconds must make a test slower, never
+// fail it. A wait returns as soon as its condition holds.
+const slack = 20 * time.Second
+
 // waitLive polls until the live gauge of rule is want (the server notices
 // a closed connection asynchronously), and checks that it mirrors the
 // store's count.
 func (s *server) waitLive(t *testing.T, rule string, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(slack)
 	for {
 		got := live(t, s.reg, rule)
 		if got == want && float64(s.store.Stats(rule).Connections) == want {

@@ -6,6 +6,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/wslimit/wslimit/policy"
 	"github.com/wslimit/wslimit/policy/reload"
@@ -38,8 +39,11 @@ func ExampleWatch() {
 	}
 	defer g.Close()
 
-	// The watcher hands every later policy that loads to g.SetPolicy.
-	w, err := reload.Watch(context.Background(), path, g.SetPolicy, reload.Options{SIGHUP: true})
+	// The watcher hands every later policy that loads to g.SetPolicy: on
+	// SIGHUP, on Reload, and once file events have been quiet for Debounce
+	// (100ms by default; a minute here, so that the Reload below applies
+	// the change, and not the file event, however slow the machine).
+	w, err := reload.Watch(context.Background(), path, g.SetPolicy, reload.Options{SIGHUP: true, Debounce: time.Minute})
 	if err != nil {
 		log.Fatal(err)
 	}
