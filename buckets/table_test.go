@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/wslimit/wslimit/concurrency/handoff"
+	"github.com/wslimit/wslimit/internal/handoff"
 )
 
 var (

@@ -23,3 +23,15 @@ func TestRoundTrip(t *testing.T) {
 	}
 	t.Logf("%v per round trip", got)
 }
+
+// BenchmarkCacheLineHandoff measures the machine: one op is one round trip
+// of a cache line between two cores (RoundTrip). It is the floor under
+// every write to state that all cores share (a shard's lock, a counter's
+// entry, the global count): in parallel, each such line was last written
+// by the other core about half the time.
+func BenchmarkCacheLineHandoff(b *testing.B) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		b.Skip("needs two cores")
+	}
+	RoundTrip(b.N)
+}
