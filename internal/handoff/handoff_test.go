@@ -15,11 +15,13 @@ func TestRoundTrip(t *testing.T) {
 		}
 		return
 	}
-	// A round trip between two cores takes some time, and far less than a
-	// millisecond even on a loaded machine.
-	got := RoundTrip(10_000)
-	if got <= 0 || got > 1e6 {
-		t.Fatalf("RoundTrip(10000) = %v per round trip", got)
+	// A round trip takes some time. How much depends on the machine: on a
+	// loaded one, where the two goroutines rarely run at once, a turn may
+	// wait for the operating system to switch threads (milliseconds), so
+	// the test takes few turns and sets no upper bound.
+	got := RoundTrip(100)
+	if got <= 0 {
+		t.Fatalf("RoundTrip(100) = %v per round trip", got)
 	}
 	t.Logf("%v per round trip", got)
 }
