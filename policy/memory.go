@@ -16,7 +16,7 @@ import (
 
 // MemoryStore keeps counters and buckets in this process: exact connection
 // caps (sharded counters whose entries exist only while a key holds slots)
-// and size-bounded token-bucket tables (CLOCK eviction), one of each per rule name. It is safe
+// and size-bounded token-bucket tables (LRU eviction), one of each per rule name. It is safe
 // for concurrent use.
 type MemoryStore struct {
 	seed  maphash.Seed
@@ -190,9 +190,6 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 			c.lim = noLimits // the same as none; read through c below, which keeps the frame small
 		}
 		r := s.ruleFor(c.lim)
-		if c.Key.Kind != keys.KindGlobal || c.lim.limit > 0 {
-			c.hash = s.hash(c.Key) // once, for counter, bucket and Release
-		}
 		if c.lim.conns > 0 {
 			if !r.acquire(c.Key, c.lim.conns) {
 				s.undo(now, claims[:i], held[:i], res[:i])
@@ -201,7 +198,7 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 			held[i] = r
 		}
 		if c.lim.limit > 0 {
-			rv, result := s.table(r, c.lim).ReserveHash(c.hash, now, c.lim.limit, c.lim.burst)
+			rv, result := s.table(r, c.lim).Reserve(c.Key, now, c.lim.limit, c.lim.burst)
 			if !result.OK {
 				s.undo(now, claims[:i+1], held[:i+1], res[:i])
 				reason := ReasonRate
