@@ -506,10 +506,10 @@ func TestLRUOrder(t *testing.T) {
 // taken by another key; moved by Resize) or has new parameters, Cancel does
 // nothing; a bucket that Resize leaves where it is gets its token back.
 func TestCancelAfterSlotReuse(t *testing.T) {
-	t.Run("evicted, slot reused", func(t *testing.T) {
+	t.Run("evicted, place taken", func(t *testing.T) {
 		tb := New(Options{MaxKeys: 1}, hashString)
 		res, _ := tb.Reserve("a", t0, 1, 2)
-		tb.Reserve("b", t0, 1, 2) // evicts a, takes its slot
+		tb.Reserve("b", t0, 1, 2) // evicts a, takes its place
 		res.Cancel(t0)
 		if got, _ := tb.Tokens("b", t0); got != 1 {
 			t.Fatalf("b: %v tokens after a's Cancel, want 1", got)
@@ -669,7 +669,7 @@ const poolSize = 100_000
 // order returns n pseudo-random indexes into a pool of poolSize keys. The
 // keys are drawn independently, not in rounds: in rounds (each key once
 // per round), a shard holding a few more keys than its share of MaxKeys
-// would be LRU's worst case (and CLOCK's) and miss every time.
+// would be LRU's worst case and miss every time.
 func order(n int) []int32 {
 	idx := make([]int32, n)
 	x := uint64(1)
