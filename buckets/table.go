@@ -296,6 +296,15 @@ func (c *core[K]) makeRoom() bool {
 	return false
 }
 
+// len returns the number of buckets in c: none once Resize has retired
+// its shard.
+func (c *core[K]) len() int {
+	if c.lru == nil {
+		return 0
+	}
+	return c.lru.Len()
+}
+
 // dropOldest drops the least recently used bucket, counting it as an
 // eviction unless it has refilled at the latest time the shard has seen.
 func (c *core[K]) dropOldest() {
@@ -522,7 +531,7 @@ func (t *Table[K]) Len() int {
 	for i := range set.shards {
 		s := &set.shards[i]
 		s.mu.Lock()
-		n += s.lru.Len()
+		n += s.len()
 		s.mu.Unlock()
 	}
 	return n

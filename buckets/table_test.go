@@ -462,6 +462,12 @@ func TestResizeConcurrent(t *testing.T) {
 					won.Add(1)
 				}
 				tb.Reserve(uint64(w+1), t0, 1, 5)
+				// Len and Evictions may visit a shard set that Resize
+				// retires meanwhile.
+				if n := tb.Len(); n > 10_000 {
+					t.Errorf("Len = %d", n)
+				}
+				tb.Evictions()
 			}
 		}()
 	}
