@@ -378,7 +378,7 @@ func resync(t *testing.T, tb *Table[string], k string, limit rate.Limit, burst i
 	if burst < 1 {
 		return rate.NewLimiter(limit, burst) // no tokens, whatever the table stores
 	}
-	// A deficit below a nanosecond's refill (see slot.take) becomes zero.
+	// A deficit below a nanosecond's refill (see bucket.take) becomes zero.
 	lim := rate.NewLimiter(rate.Limit(max(tokens, 0)), burst)
 	lim.ReserveN(at.Add(-time.Second), burst)
 	lim.SetLimitAt(at, limit)

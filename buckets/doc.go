@@ -3,9 +3,10 @@
 // # Overview
 //
 // A [Table] maps keys to token buckets, at most Options.MaxKeys of them,
-// dropping buckets not used lately when it is full. [Table.Reserve] takes one token from a
-// key's bucket at a given time and returns a [Reservation] that gives the
-// token back if the caller decides not to admit after all:
+// dropping the least recently used bucket (or refusing new keys) when it is
+// full. [Table.Reserve] takes one token from a key's bucket at a given time
+// and returns a [Reservation] that gives the token back if the caller
+// decides not to admit after all:
 //
 //	t := buckets.New(buckets.Options{MaxKeys: 100_000}, func(k keys.Key) uint64 { return k.Hash(seed) })
 //	res, r := t.Reserve(k, now, 10, 20) // 10 tokens per second, burst 20
@@ -20,9 +21,10 @@
 // existing bucket whose parameters differ is updated in place, so a policy
 // reload or a per-user tier applies to keys that already have a bucket.
 //
-// The whole algorithm is in table.go: the token arithmetic, the unlocked
-// hash table of one shard with its CLOCK eviction, and the sharded, locked
-// Table around it.
+// The whole algorithm is in table.go: the token arithmetic as pure
+// functions of a bucket and a time, the unlocked LRU of one shard
+// (github.com/hashicorp/golang-lru/v2/simplelru) with what it drops when
+// full, and the sharded, locked Table around it.
 //
 // # Arithmetic
 //
@@ -65,17 +67,18 @@
 // minus the refill between the reservation and L, x/time/rate's rule,
 // possibly nothing: the bucket then never holds more tokens than it would
 // have without the reservation, all other decisions standing (the
-// differential test checks this against a replay without it). CancelAt at
-// the reservation's time, as this package used to call it, also moves the
-// limiter's clock back to that time and counts the refill since twice,
+// differential test checks this against a replay without it).
+// rate.Reservation.CancelAt at the reservation's time would also move the
+// limiter's clock back to that time and count the refill since twice,
 // which can give more.
 //
 // When the bucket has since been dropped, moved by Resize, or given a new
 // limit or burst, Cancel gives nothing back. Every case errs toward
-// admitting fewer, never more. A Reservation names its bucket by shard,
-// hash and generation (which changes whenever the hash gets a new bucket
-// or new parameters), so Cancel never adds a token to another bucket; the
-// moves a shard makes within its own slots (see below) do not matter.
+// admitting fewer, never more. A Reservation points at its bucket and
+// remembers the bucket's generation, which changes with its parameters. A
+// bucket that leaves its shard's LRU is never put back (Resize moves
+// copies), so Cancel never adds a token to another key's bucket, nor to a
+// new bucket of the same key.
 //
 // # Time
 //
@@ -91,18 +94,14 @@
 // their calls run in the other. Result.RetryAfter is measured from the
 // caller's now all the same.
 //
-// # Keys and hashes
+// # Keys
 //
-// The table identifies a bucket by the 64-bit hash of its key, not by the
-// key: it stores 8 bytes per key whatever the key's size, and never
-// compares keys. Two keys whose hashes collide share one bucket. With a
-// hash seeded at random per process (hash/maphash), an attacker cannot aim
-// at a collision, and the chance of any among n keys is about n²/2⁶⁵:
-// 3×10⁻¹⁰ for 100,000 keys, 3×10⁻⁸ for a million. A new key lands in the
-// bucket of one held by a table of MaxKeys with chance MaxKeys/2⁶⁴ (5×10⁻¹⁵
-// at 100,000). Keys that share a bucket share its tokens, so they get fewer
-// handshakes together, not more (if their limits differ, as with per-user
-// tiers, the bucket refills at whichever limit the last call passed).
+// Each shard's LRU is keyed by the key itself, compared by ==: two keys
+// never share a bucket, whatever their hashes. The hash given to [New] only
+// spreads the keys over the shards, and a key flood aimed at one shard
+// (keys whose hashes an attacker could steer) can only churn that shard's
+// share of MaxKeys. The price is memory: the LRU's map holds each key, and
+// so does its list entry (see below).
 //
 // # Bounded memory and the full table
 //
@@ -113,54 +112,44 @@
 //
 // The table is split into shards (see Concurrency), each with a fixed share
 // of MaxKeys; the shares add up to exactly MaxKeys, so Len never exceeds
-// it. When a key without a bucket arrives at a full shard, the shard picks
-// a bucket to drop with the CLOCK algorithm, an approximation of least
-// recently used: each bucket has a referenced bit, set when it is created
-// and whenever it is reserved, and a hand moves over the shard's slots,
-// visiting each once per turn in a fixed order unrelated to the keys' use
-// or hashes, clearing the bits it passes. The hand stops at the first
-// bucket that has refilled, which is dropped silently, or whose bit was
-// already clear: one not reserved since the hand last passed it. The hand
-// looks at no more than 16 buckets for one new key; if all 16 were
-// referenced, the one of them updated longest ago is taken. A bucket
-// reserved at least once per turn of the hand is taken only that way, when
-// it was the least recently updated of 16 referenced buckets in a row; a
-// turn takes at least as many new keys as the shard has buckets divided by
-// 16, and usually several times that, as the hand finds unreferenced
-// buckets sooner. When the bucket taken has not refilled, the table does
-// what Options.RefuseWhenFull says:
+// it. Each shard is an LRU: every Reserve of a key that has a bucket
+// (granted or refused) makes that bucket the shard's most recently used;
+// Tokens and Cancel do not. When a key without a bucket arrives at a full
+// shard, the table does what Options.RefuseWhenFull says:
 //
-//   - false (the default): evict it anyway and count it in
-//     [Table.Evictions]. Every key keeps being served; under a flood of
-//     distinct keys the buckets not used lately are lost, which lets their
-//     keys burst again.
-//   - true: drop only refilled buckets (the hand skips the others, and
-//     looks at 4 buckets, from where it stopped last), and refuse the new
-//     key with Result.Full when it finds none. Over successive refusals
-//     the hand looks at every bucket of the shard in turn. Keys that have
-//     a bucket are always served; new keys are refused until a bucket
-//     refills or the table is resized (HAProxy's nopurge).
+//   - false (the default): the shard's least recently used bucket is
+//     dropped and the new key gets a bucket. Dropping it is counted in
+//     [Table.Evictions] unless it has refilled (then nothing was lost).
+//     Every key keeps being served; under a flood of distinct keys the
+//     buckets not used lately are lost, which lets their keys burst again.
+//     Only the least recently used bucket is considered: a bucket used more
+//     recently that has refilled (a faster rate, say) stays; with one rate
+//     for every key, the least recently used bucket is the one that has had
+//     the longest to refill.
+//   - true: only a bucket that has refilled is dropped. The shard looks at
+//     up to 4 buckets from its least recently used end; the first that has
+//     refilled is dropped and the new key gets a bucket, and each that has
+//     not is moved to the most recently used end, so that the next new key
+//     looks at others: over successive refusals every bucket of the shard
+//     is looked at in turn. If none of the 4 has refilled the new key is
+//     refused with Result.Full. Keys that have a bucket are always served;
+//     new keys are refused until a bucket refills or the table is resized
+//     (HAProxy's nopurge).
 //
 // Both are deliberate choices, unlike nginx's limit_req/limit_conn, which
 // fail every request that needs a new entry once the zone is full.
 //
-// A shard stores its buckets in a hash table with open addressing: 40-byte
-// slots (hash, tokens, time, limit, burst, and a word holding the
-// generation and the referenced bit), with linear probing from a slot
-// chosen by the hash, at most 70% of them in use. Finding a bucket reads
-// one slot, sometimes the next few, which are adjacent in memory; reserving
-// it writes only that slot, so a Reserve on a table too large for the CPU's
-// caches costs about one cache miss. A new key in a full shard costs one
-// more for each bucket the hand looks at (usually one or two; at most 16,
-// or 4 in refuse mode). A bucket dropped from the middle of a run of slots
-// is filled by moving the buckets after it back (backward shift deletion),
-// so no tombstones accumulate. The slots double as buckets arrive, up to
-// MaxKeys/0.7 in all and never past it, and a full table allocates
-// nothing: a full table holds about 57 bytes per bucket, about 5.7 MB for
-// MaxKeys 100,000, under long churn of distinct keys as well
-// (BenchmarkMemoryPerKey, TestMemoryBound; the baseline map of
-// rate.Limiters measured beside it takes about 230 bytes per key, without
-// a bound).
+// Memory per bucket is simplelru's list entry (three pointers, the key, a
+// pointer to the bucket, and 32 bytes of expiry fields that simplelru
+// carries for its expirable sibling), the 32-byte bucket (tokens, time,
+// limit, burst, generation), and the map's slot (the key and a pointer),
+// with the map's free room (a Go map is between 7/16 and 7/8 full): for
+// keys shaped like the module's keys.Key (56 bytes), 160 bytes of entry and
+// bucket and 95 to 150 of map, so about 255 bytes per bucket at 100,000
+// buckets and 311 at 1,000,000 (BenchmarkMemoryPerKey; the baseline map of
+// rate.Limiters measured beside it takes about 230 bytes per key, without a
+// bound). A hit allocates nothing; a new bucket allocates its list entry
+// and the bucket.
 //
 // A shard can be full while others have room, so eviction (or refusal)
 // starts a little before Len reaches MaxKeys: the price of an exact bound
@@ -170,20 +159,20 @@
 // shard), so that each shard has enough buckets to choose from.
 //
 // [Table.Resize] keeps the shards when the new size allows the same number,
-// and otherwise moves the buckets into a new set of shards. A shard that
-// must drop buckets (or whose slots are too large for its new size) moves
-// the buckets it keeps into new slots; it keeps first those that have not
-// refilled, and of those the most recently updated.
+// and otherwise moves the buckets into a new set of shards. A shard whose
+// buckets still fit keeps them where they are. A shard that must drop
+// buckets, or a move to new shards, drops those that have refilled, then
+// the least recently updated, and moves the others, as copies, into a new
+// LRU (so that a shrunk shard's memory shrinks too).
 //
 // # Concurrency
 //
 // A Table is safe for concurrent use by multiple goroutines. Keys are spread
 // over up to 64 shards by their hash; each shard is a mutex around an
-// unlocked hash table of buckets, padded to whole cache lines so that
-// neighbouring shards do not share one. Reserve and Tokens lock one shard;
-// Len and Evictions visit the shards one after another, so under
-// concurrent use their result is not a snapshot of one instant. Resize
-// locks the shards one by one, or all of them while it moves buckets to a
-// new set of shards. A Reservation may be cancelled from any goroutine; Cancel locks
-// only its bucket's shard.
+// unlocked LRU of buckets. Reserve and Tokens lock one shard; Len and
+// Evictions visit the shards one after another, so under concurrent use
+// their result is not a snapshot of one instant. Resize locks the shards
+// one by one, or all of them while it moves buckets to a new set of shards.
+// A Reservation may be cancelled from any goroutine; Cancel locks only its
+// bucket's shard.
 package buckets

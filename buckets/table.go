@@ -2,13 +2,12 @@ package buckets
 
 // This file holds the whole algorithm, in three layers:
 //
-//   - token arithmetic on one bucket (slot.tokensAt, slot.take, slot.set
-//     and durationFromTokens), which follows golang.org/x/time/rate line
-//     for line for the one-token reservations the table makes;
-//   - core, the unlocked heart of a shard: its buckets, stored in an
-//     open-addressed array indexed by the key's hash (linear probing,
-//     backward-shift deletion), and a CLOCK hand that picks the bucket to
-//     drop when the shard is full;
+//   - token arithmetic on one bucket (bucket.tokensAt, take, withParams,
+//     cancel, refilled and durationFromTokens): pure functions of a bucket
+//     and a time, which follow golang.org/x/time/rate for the one-token
+//     reservations the table makes;
+//   - core, the unlocked heart of a shard: a simplelru.LRU from key to
+//     bucket, and what to drop when it is full;
 //   - shard, shardSet and Table: a mutex around each core, the shards of
 //     one MaxKeys, and the exported API.
 
@@ -19,8 +18,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"golang.org/x/time/rate"
 )
 
@@ -32,31 +31,18 @@ const (
 	// maxShards bounds the number of shards of a Table (a power of two).
 	maxShards = 64
 	// minShardKeys is the fewest buckets a shard is given when a Table has
-	// more than one shard: each shard picks the buckets to drop among its
-	// own, and a shard of a handful of buckets would drop almost at random.
+	// more than one shard: each shard is an LRU of its own, and an LRU of a
+	// handful of buckets would drop almost at random.
 	minShardKeys = 64
-	// cacheLine is the unit shards are padded to, so that two cores
-	// locking two shards do not share a line.
-	cacheLine = 64
-	// firstSlots is the number of slots a shard allocates when it is
-	// made; the slots then double on demand up to sizeFor(capacity).
-	firstSlots = 16
-	// maxLoadPercent bounds the share of a shard's slots that hold a
-	// bucket, which bounds the length of a probe.
-	maxLoadPercent = 70
-	// sweepLimit bounds the buckets the CLOCK hand looks at for one new
-	// bucket in a full shard.
-	sweepLimit = 16
-	// refuseSweepLimit is sweepLimit in refuse mode, where the hand looks
-	// for a refilled bucket only and a miss refuses the new key: each
-	// bucket it looks at is likely a cache miss, and a flood of new keys
-	// would pay for all of them.
-	refuseSweepLimit = 4
+	// refuseLook bounds the buckets a full shard in refuse mode looks at
+	// for one that has refilled, for one new key: a flood of new keys pays
+	// for each of them.
+	refuseLook = 4
 )
 
 // Options configures a Table. The zero value is a table of DefaultMaxKeys
-// buckets that evicts a bucket not used lately when full (see "Bounded
-// memory and the full table" in the package documentation).
+// buckets that drops the least recently used bucket when full (see
+// "Bounded memory and the full table" in the package documentation).
 type Options struct {
 	// MaxKeys bounds the number of buckets the table keeps; zero or less
 	// means DefaultMaxKeys. Len never exceeds it. Each shard of the table
@@ -83,14 +69,14 @@ type Result struct {
 }
 
 // Reservation is a token taken by Table.Reserve, which Cancel gives back.
-// It is a small value that names the bucket's shard, hash and generation
-// and the time the token was taken; its zero value is a reservation of
-// nothing, whose Cancel does nothing.
+// It is a small value that points at the bucket, its shard's lock and the
+// bucket's generation, with the time the token was taken; its zero value
+// is a reservation of nothing, whose Cancel does nothing.
 type Reservation struct {
-	s   *shard
+	g   *guard
+	b   *bucket
 	at  int64  // when the token was taken, in nanoseconds since the table's epoch
-	h   uint64 // the bucket's hash
-	gen uint32 // the bucket's generation; the hash may have another bucket since
+	gen uint32 // the bucket's generation then; new parameters change it
 }
 
 // Cancel gives the token back to its bucket. Call it with the time given
@@ -109,12 +95,14 @@ type Reservation struct {
 // reservation at most once: a second Cancel of the same reservation (or of
 // a copy) gives the token back again.
 func (r Reservation) Cancel(now time.Time) {
-	if r.s == nil || since(now, r.s.epoch) > r.at {
+	if r.b == nil || since(now, r.g.epoch) > r.at {
 		return
 	}
-	r.s.mu.Lock()
-	r.s.cancel(r.h, r.gen, r.at)
-	r.s.mu.Unlock()
+	r.g.mu.Lock()
+	if r.b.gen == r.gen {
+		*r.b = r.b.cancel(r.at)
+	}
+	r.g.mu.Unlock()
 }
 
 // since returns t as nanoseconds since epoch. time.Time.Sub uses the
@@ -123,31 +111,18 @@ func (r Reservation) Cancel(now time.Time) {
 // saturates at about ±292 years.
 func since(t, epoch time.Time) int64 { return int64(t.Sub(epoch)) }
 
-// slot is one bucket, or none: 40 bytes. Buckets are identified by the hash
-// of their key, not the key; see "Keys and hashes" in the package
-// documentation.
-type slot struct {
-	hash uint64 // the key's hash
-	// meta is the bucket's generation in its low 31 bits (zero: the slot
-	// is empty), which changes whenever the hash gets a new bucket or new
-	// parameters, and the CLOCK's referenced bit (referenced).
-	meta   uint32
-	burst  int32
+// bucket is one key's token bucket: 32 bytes.
+type bucket struct {
 	tokens float64    // the tokens at last
 	last   int64      // the bucket's latest update, in ns since the epoch
 	limit  rate.Limit // tokens per second
+	burst  int32
+	gen    uint32 // changes with the parameters: older tokens are not given back
 }
-
-const (
-	referenced = 1 << 31        // slot.meta: used since the hand last passed
-	genMask    = referenced - 1 // slot.meta: the generation
-)
-
-func (b *slot) gen() uint32 { return b.meta & genMask }
 
 // tokensAt returns the tokens in b at t, as rate.Limiter.advance computes
 // them: t before the last update counts as the last update.
-func (b *slot) tokensAt(t int64) float64 {
+func (b bucket) tokensAt(t int64) float64 {
 	tokens := b.tokens
 	if b.limit > 0 && t > b.last {
 		elapsed := time.Duration(t - b.last)
@@ -156,30 +131,26 @@ func (b *slot) tokensAt(t int64) float64 {
 		}
 		tokens += elapsed.Seconds() * float64(b.limit)
 	}
-	if burst := float64(b.burst); tokens > burst {
-		tokens = burst
-	}
-	return tokens
+	return min(tokens, float64(b.burst))
 }
 
-// set gives b a new limit and burst at t, like rate.Limiter's SetLimitAt
-// and SetBurstAt: the tokens are brought to t under the old parameters.
-func (b *slot) set(t int64, limit rate.Limit, burst int32) {
-	b.tokens = b.tokensAt(t)
-	b.last = t
-	b.limit = limit
-	b.burst = burst
+// withParams returns b with a new limit and burst at t, as rate.Limiter's
+// SetLimitAt and SetBurstAt make them: the tokens are brought to t under
+// the old parameters. Its generation changes: tokens taken under the old
+// parameters are not given back.
+func (b bucket) withParams(t int64, limit rate.Limit, burst int32) bucket {
+	return bucket{tokens: b.tokensAt(t), last: t, limit: limit, burst: burst, gen: b.gen + 1}
 }
 
 // take takes one token from b at t if it holds one, as ReserveN(t, 1)
 // would, followed by CancelAt(t) when the reservation's delay is not zero:
 // a refused take spends nothing and returns that delay.
-func (b *slot) take(t int64) Result {
+func (b bucket) take(t int64) (bucket, Result) {
 	if b.limit == rate.Inf {
-		return Result{OK: true} // x/time/rate neither counts nor needs tokens
+		return b, Result{OK: true} // x/time/rate neither counts nor needs tokens
 	}
 	if b.burst < 1 {
-		return Result{RetryAfter: rate.InfDuration} // never: n > burst
+		return b, Result{RetryAfter: rate.InfDuration} // never: n > burst
 	}
 	tokens := b.tokensAt(t)
 	b.last = t
@@ -190,10 +161,34 @@ func (b *slot) take(t int64) Result {
 	}
 	if wait == 0 { // x/time/rate grants a deficit worth less than 1 ns too
 		b.tokens = left
-		return Result{OK: true}
+		return b, Result{OK: true}
 	}
 	b.tokens = tokens
-	return Result{RetryAfter: wait}
+	return b, Result{RetryAfter: wait}
+}
+
+// cancel returns b with a token taken at at given back: the whole token,
+// capped at the burst, which is exact when b has not been updated at a
+// later time since; else, updated at L, one token minus the refill from at
+// to L (x/time/rate's rule), which leaves b with no more than it would hold
+// without the reservation. See "Giving a token back" in the package
+// documentation.
+func (b bucket) cancel(at int64) bucket {
+	restore := 1.0
+	if b.last > at && b.limit > 0 {
+		restore -= time.Duration(b.last-at).Seconds() * float64(b.limit)
+		if restore <= 0 {
+			return b
+		}
+	}
+	b.tokens = min(b.tokens+restore, float64(b.burst))
+	return b
+}
+
+// refilled reports whether b is full at t: such a bucket behaves exactly
+// like a new one, so dropping it loses nothing.
+func (b bucket) refilled(t int64) bool {
+	return b.tokensAt(t) >= float64(b.burst)
 }
 
 // durationFromTokens is the time limit takes to produce tokens, as
@@ -209,133 +204,36 @@ func durationFromTokens(tokens float64, limit rate.Limit) time.Duration {
 	return time.Duration(d)
 }
 
-// refilled reports whether b is full at t: such a bucket behaves exactly
-// like a new one, so dropping it loses nothing.
-func (b *slot) refilled(t int64) bool {
-	return b.tokensAt(t) >= float64(b.burst)
-}
-
 // core is the unlocked heart of a shard: its buckets, at most capacity of
-// them. Every method requires the shard's lock.
+// them, in an LRU from key to bucket, least recently reserved first out.
+// Every method requires the shard's lock.
 //
-// The buckets live in slots, an open-addressed hash table: a bucket sits at
-// the first slot from its home (home, from the hash's upper 32 bits) on,
-// wrapping at the end, with no empty slot in between (linear probing). A
-// slot with a zero generation is empty. At most maxLoadPercent of the slots
-// hold a bucket, so probes stay short and always end at an empty slot. A
-// lookup that hits reads one slot (sometimes the next few, all adjacent in
-// memory), and a hit writes only the slot it read: no index, no list.
-//
-// The slots start small and double as buckets arrive, up to
-// sizeFor(capacity); each doubling moves every bucket. When the shard is
-// full, a new bucket takes the place of one chosen by a CLOCK hand (victim)
-// and the dropped bucket is deleted by backward shift, which moves the
-// buckets after it in its run back toward their homes, so that no
-// tombstones accumulate. A bucket is named by its hash and generation, not
-// its slot, so moves need no bookkeeping.
-//
-// The hand does not move to the next slot but by stride, which visits
-// every slot once per turn in an order unrelated to the hash's: a hand
-// that swept the slots in order would empty the runs behind it while those
-// ahead of it grew (new buckets land anywhere), and the runs ahead would
-// merge into ever longer ones.
-type core struct {
-	slots     []slot
-	count     int    // buckets held
+// The LRU holds pointers, so that a hit finds and updates its bucket with
+// one map lookup, and a Reservation can point at its bucket. A bucket that
+// leaves the LRU is never put back: a Reservation of it then updates a
+// bucket no one reads. The core makes room itself before each Add, so the
+// LRU never evicts on its own.
+type core[K comparable] struct {
+	lru       *simplelru.LRU[K, *bucket]
 	capacity  int    // the most buckets the shard may hold
-	hand      int    // the slot the CLOCK hand looks at next
-	stride    int    // the hand's step: coprime with len(slots), about 0.618 of it
+	refuse    bool   // Options.RefuseWhenFull
 	clock     int64  // the latest time seen; earlier times are taken as it
 	evictions uint64 // buckets dropped before they had refilled
-	gens      uint32 // the last generation handed out; 0 is never used
 }
 
-// sizeFor returns the number of slots that holds capacity buckets at a
-// load of at most maxLoadPercent, with at least one slot left empty.
-func sizeFor(capacity int) int {
-	return max(capacity+1, (capacity*100+maxLoadPercent-1)/maxLoadPercent)
-}
-
-func newCore(capacity int, clock int64, gens uint32) core {
-	n := min(firstSlots, sizeFor(capacity))
-	return core{
-		slots:    make([]slot, n),
-		stride:   strideFor(n),
-		capacity: capacity,
-		clock:    clock,
-		gens:     gens,
+func newCore[K comparable](capacity int, clock int64, refuse bool) core[K] {
+	lru, err := simplelru.NewLRU[K, *bucket](capacity, nil)
+	if err != nil {
+		panic("buckets: " + err.Error()) // capacity >= 1 by construction
 	}
-}
-
-// strideFor returns the hand's step over n slots: the number nearest to n
-// divided by the golden ratio that is coprime with n, so that the hand
-// visits every slot once per turn and neighbouring slots far apart in time.
-func strideFor(n int) int {
-	s := max(1, int(float64(n)*0.6180339887498949))
-	for gcd(s, n) != 1 {
-		s++
-	}
-	return s
-}
-
-func gcd(a, b int) int {
-	for b != 0 {
-		a, b = b, a%b
-	}
-	return a
-}
-
-func (c *core) len() int { return c.count }
-
-func (c *core) nextGen() uint32 {
-	c.gens = (c.gens + 1) & genMask
-	if c.gens == 0 {
-		c.gens = 1
-	}
-	return c.gens
-}
-
-// home returns the first slot to look at for hash h among n slots. It uses
-// the hash's upper 32 bits; the shard was chosen by its lowest bits.
-func home(h uint64, n int) int {
-	return int((h >> 32) * uint64(n) >> 32)
-}
-
-// find returns the slot holding h and true, or the empty slot where a
-// bucket for h would go and false. The shard must have slots.
-func (c *core) find(h uint64) (int, bool) {
-	s := c.slots
-	i := home(h, len(s))
-	for {
-		b := &s[i]
-		if b.meta == 0 {
-			return i, false
-		}
-		if b.hash == h {
-			return i, true
-		}
-		if i++; i == len(s) {
-			i = 0
-		}
-	}
-}
-
-// lookup returns the slot holding h, or nil.
-func (c *core) lookup(h uint64) *slot {
-	if len(c.slots) == 0 { // a retired shard
-		return nil
-	}
-	if i, ok := c.find(h); ok {
-		return &c.slots[i]
-	}
-	return nil
+	return core[K]{lru: lru, capacity: capacity, refuse: refuse, clock: clock}
 }
 
 // advance moves the clock to now and returns the time to act at: now, or
 // the clock if now is earlier. x/time/rate counts the time between a
 // bucket's last update and now twice if now goes back; a monotone clock per
 // shard rules that out.
-func (c *core) advance(now int64) int64 {
+func (c *core[K]) advance(now int64) int64 {
 	if now < c.clock {
 		return c.clock
 	}
@@ -344,264 +242,154 @@ func (c *core) advance(now int64) int64 {
 }
 
 // reserve is Table.Reserve for the keys of this shard. It returns the time
-// it acted at, and the generation of the bucket a token was taken from (zero
-// when there is none to give back: refused, or a limit of rate.Inf).
-func (c *core) reserve(h uint64, now int64, limit rate.Limit, burst int32, refuse bool) (at int64, gen uint32, r Result) {
-	at = c.advance(now)
-	i, ok := c.find(h)
-	if ok {
-		b := &c.slots[i]
-		b.meta |= referenced
+// it acted at, and the bucket a token was taken from (nil when there is
+// none to give back: refused, or a limit of rate.Inf).
+func (c *core[K]) reserve(k K, now int64, limit rate.Limit, burst int32) (int64, *bucket, Result) {
+	at := c.advance(now)
+	b, ok := c.lru.Get(k)
+	if !ok {
+		// A new bucket starts full, so the take succeeds unless the burst
+		// is below one; then no bucket is made and none is dropped.
+		if limit != rate.Inf && burst < 1 {
+			return at, nil, Result{RetryAfter: rate.InfDuration}
+		}
+		if !c.makeRoom() {
+			return at, nil, Result{Full: true}
+		}
+		b = &bucket{tokens: float64(burst), last: at, limit: limit, burst: burst}
+		c.lru.Add(k, b)
+	} else if b.limit != limit || b.burst != burst {
 		// Policy reloads and per-user tiers reach existing buckets here.
-		// Tokens taken under the old parameters cannot be given back.
-		if b.limit != limit || b.burst != burst {
-			b.set(at, limit, burst)
-			b.meta = c.nextGen() | referenced
-		}
-		if r = b.take(at); !r.OK || limit == rate.Inf {
-			return at, 0, r
-		}
-		return at, b.gen(), r
+		*b = b.withParams(at, limit, burst)
 	}
-
-	// A new bucket starts full, so the take succeeds unless the burst is
-	// below one; then no bucket is made and nothing is evicted.
-	if limit != rate.Inf && burst < 1 {
-		return at, 0, Result{RetryAfter: rate.InfDuration}
+	var r Result
+	*b, r = b.take(at)
+	if !r.OK || limit == rate.Inf {
+		return at, nil, r
 	}
-	if i = c.insert(h, i, at, refuse); i < 0 {
-		return at, 0, Result{Full: true}
-	}
-	b := &c.slots[i]
-	*b = slot{hash: h, meta: c.nextGen() | referenced, burst: burst, tokens: float64(burst), last: at, limit: limit}
-	if r = b.take(at); limit == rate.Inf {
-		return at, 0, r
-	}
-	return at, b.gen(), r
+	return at, b, r
 }
 
-// insert returns the slot for a new bucket for h, which find returned as
-// empty at i; the caller fills it in. When the shard is full, the bucket
-// the CLOCK hand picks gives up its place: silently if it has refilled at
-// at, else counted as an eviction, or, when refuse is set and the hand
-// found no refilled bucket, not at all: insert then returns -1.
-func (c *core) insert(h uint64, i int, at int64, refuse bool) int {
-	switch {
-	case c.count >= c.capacity:
-		v, evict := c.victim(at, refuse)
-		if v < 0 {
-			return -1
-		}
-		if evict {
-			c.evictions++
-		}
-		c.remove(v)
-		i, _ = c.find(h) // the shift may have moved the empty slot
-	case c.count+1 > c.room():
-		c.rehash(min(2*len(c.slots), sizeFor(c.capacity)))
-		i, _ = c.find(h)
+// makeRoom makes room for a new bucket if the shard is full, and reports
+// whether there is room. In evict mode the least recently used bucket goes
+// (an eviction unless it has refilled). In refuse mode only a bucket that
+// has refilled goes: makeRoom looks at up to refuseLook buckets from the
+// least recently used end, moving each that has not refilled to the other
+// end so that the next new key looks at others, and reports false if none
+// of them had.
+func (c *core[K]) makeRoom() bool {
+	if c.lru.Len() < c.capacity {
+		return true
 	}
-	c.count++
-	return i
+	if !c.refuse {
+		c.dropOldest()
+		return true
+	}
+	for range refuseLook {
+		k, b, _ := c.lru.GetOldest()
+		if b.refilled(c.clock) {
+			c.lru.RemoveOldest()
+			return true
+		}
+		c.lru.Get(k)
+	}
+	return false
 }
 
-// room returns the number of buckets the slots may hold before they grow.
-func (c *core) room() int {
-	if len(c.slots) >= sizeFor(c.capacity) {
-		return c.capacity
+// len returns the number of buckets in c: none once Resize has retired
+// its shard.
+func (c *core[K]) len() int {
+	if c.lru == nil {
+		return 0
 	}
-	return len(c.slots) * maxLoadPercent / 100
+	return c.lru.Len()
 }
 
-// victim moves the CLOCK hand over at most sweepLimit buckets (in refuse
-// mode refuseSweepLimit), and the empty slots between them, and returns the slot of the bucket to drop for
-// a new one, and whether dropping it counts as an eviction. It takes the
-// first bucket that has refilled at at (silently) or, unless refuse is set,
-// the first whose referenced bit is clear (an eviction), clearing the
-// referenced bits it passes. When every bucket it passed was referenced and
-// none had refilled, it evicts the one of them updated longest ago, or in
-// refuse mode returns -1. The shard must hold a bucket.
-func (c *core) victim(at int64, refuse bool) (int, bool) {
-	s := c.slots
-	oldest := -1
-	limit := sweepLimit
-	if refuse {
-		limit = refuseSweepLimit
-	}
-	for seen := 0; seen < limit; {
-		i := c.hand
-		if c.hand += c.stride; c.hand >= len(s) {
-			c.hand -= len(s)
-		}
-		b := &s[i]
-		if b.meta == 0 {
-			continue
-		}
-		seen++
-		if b.refilled(at) {
-			return i, false
-		}
-		if refuse {
-			continue
-		}
-		if b.meta&referenced == 0 {
-			return i, true
-		}
-		b.meta &^= referenced
-		if oldest < 0 || b.last < s[oldest].last {
-			oldest = i
-		}
-	}
-	return oldest, oldest >= 0
-}
-
-// remove empties slot i by backward shift: each later bucket of the run
-// that may sit at i (its home is not cyclically in (i, j]) moves there, and
-// its old slot is the next to fill, until the run ends.
-func (c *core) remove(i int) {
-	s := c.slots
-	for j := i; ; {
-		if j++; j == len(s) {
-			j = 0
-		}
-		if s[j].meta == 0 {
-			break
-		}
-		k := home(s[j].hash, len(s))
-		if i <= j && i < k && k <= j || i > j && (i < k || k <= j) {
-			continue // s[j] would come before its home
-		}
-		s[i] = s[j]
-		i = j
-	}
-	s[i] = slot{}
-	c.count--
-}
-
-// rehash moves the buckets into n slots.
-func (c *core) rehash(n int) {
-	old := c.slots
-	c.slots = make([]slot, n)
-	c.hand, c.stride = 0, strideFor(n)
-	for i := range old {
-		if old[i].meta != 0 {
-			j, _ := c.find(old[i].hash)
-			c.slots[j] = old[i]
-		}
+// dropOldest drops the least recently used bucket, counting it as an
+// eviction unless it has refilled at the latest time the shard has seen.
+func (c *core[K]) dropOldest() {
+	if _, b, ok := c.lru.RemoveOldest(); ok && !b.refilled(c.clock) {
+		c.evictions++
 	}
 }
 
-// cancel gives back a token taken from h's bucket at at, if h still has
-// that bucket with the parameters it had then (generation gen): the whole
-// token, capped at the burst, which is exact when the bucket has not been
-// updated at a later time since; else, updated at L, one token minus the
-// refill from at to L (x/time/rate's rule), which leaves the bucket with no
-// more than it would hold without the reservation. See "Giving a token
-// back" in the package documentation.
-func (c *core) cancel(h uint64, gen uint32, at int64) {
-	b := c.lookup(h)
-	if b == nil || b.gen() != gen {
-		return
-	}
-	restore := 1.0
-	if b.last > at && b.limit > 0 {
-		restore -= time.Duration(b.last-at).Seconds() * float64(b.limit)
-		if restore <= 0 {
-			return
-		}
-	}
-	b.tokens = min(b.tokens+restore, float64(b.burst))
+// moved is a bucket on its way to another core, with its key.
+type moved[K comparable] struct {
+	k K
+	b bucket
 }
 
-// held is a bucket on its way to another core, with what decides whether
-// it is kept.
-type held struct {
-	b        slot
-	refilled bool // at the latest time the table had seen
-}
-
-// buckets appends the shard's buckets to out, noting which have refilled
-// at t.
-func (c *core) buckets(out []held, t int64) []held {
-	for i := range c.slots {
-		if b := &c.slots[i]; b.meta != 0 {
-			out = append(out, held{*b, b.refilled(t)})
+// drain appends to out the buckets of c that have not refilled at t; the
+// others carry no state and are left behind.
+func (c *core[K]) drain(out []moved[K], t int64) []moved[K] {
+	keys, buckets := c.lru.Keys(), c.lru.Values()
+	for i, b := range buckets {
+		if !b.refilled(t) {
+			out = append(out, moved[K]{keys[i], *b})
 		}
 	}
 	return out
 }
 
-// keepFirst orders buckets by how much keeping them matters, for a Resize
-// that cannot keep them all: buckets that have not refilled first (a
-// refilled bucket carries no state), then the most recently updated, then
-// the emptiest.
-func keepFirst(a, b held) int {
-	if a.refilled != b.refilled {
-		if b.refilled {
-			return -1
-		}
-		return 1
-	}
-	if c := cmp.Compare(b.b.last, a.b.last); c != 0 {
+// oldestFirst orders moved buckets for add: least recently updated first
+// and, of those updated at the same time, the fullest, so that a core that
+// cannot take them all drops those that carry the least state.
+func oldestFirst[K comparable](a, b moved[K]) int {
+	if c := cmp.Compare(a.b.last, b.b.last); c != 0 {
 		return c
 	}
-	return cmp.Compare(a.b.tokens, b.b.tokens)
+	return cmp.Compare(b.b.tokens, a.b.tokens)
 }
 
-// add puts a bucket moved from another core into c if it has room, with a
-// new generation: reservations of it from before the move give nothing
-// back. Otherwise the bucket is dropped, and counted as an eviction unless
-// it had refilled.
-func (c *core) add(m held) {
-	if c.count >= c.capacity {
-		if !m.refilled {
-			c.evictions++
-		}
+// add puts a copy of a moved bucket into c as its most recently used,
+// dropping the least recently used if c is full. The copy has a new
+// address: reservations of the bucket from before the move give nothing
+// back.
+func (c *core[K]) add(m moved[K]) {
+	if c.lru.Len() >= c.capacity {
+		c.dropOldest()
+	}
+	b := m.b
+	c.lru.Add(m.k, &b)
+}
+
+// resize sets c's capacity. When the buckets no longer fit, those that
+// have refilled are dropped, and the others move into a new LRU in
+// oldestFirst order, dropping the oldest that do not fit (so that the
+// memory of the old map is given back too).
+func (c *core[K]) resize(capacity int) {
+	if c.lru.Len() <= capacity {
+		c.lru.Resize(capacity)
+		c.capacity = capacity
 		return
 	}
-	i, _ := c.find(m.b.hash)
-	i = c.insert(m.b.hash, i, c.clock, false)
-	b := m.b
-	b.meta = c.nextGen() | b.meta&referenced
-	c.slots[i] = b
-}
-
-// resized returns c with the given capacity. A capacity that holds the
-// buckets and fits the slots keeps them (and outstanding reservations);
-// otherwise the buckets move into new, smaller slots, in keepFirst order
-// until the capacity is reached, and the others are dropped.
-func (c *core) resized(capacity int) core {
-	if capacity >= c.count && len(c.slots) <= sizeFor(capacity) {
-		c.capacity = capacity
-		return *c
-	}
-	next := newCore(capacity, c.clock, c.gens)
+	all := c.drain(nil, c.clock)
+	slices.SortStableFunc(all, oldestFirst)
+	next := newCore[K](capacity, c.clock, c.refuse)
 	next.evictions = c.evictions
-	all := c.buckets(nil, c.clock)
-	slices.SortStableFunc(all, keepFirst)
 	for _, m := range all {
 		next.add(m)
 	}
-	return next
+	*c = next
 }
 
-// shardState is one lock and its buckets.
-type shardState struct {
-	mu      sync.Mutex
-	retired bool      // replaced by Resize: look the shard up again
-	epoch   time.Time // the table's; read-only
-	core
+// guard is what a Reservation needs of its shard: the lock, and the
+// table's epoch to read times by.
+type guard struct {
+	mu    sync.Mutex
+	epoch time.Time // read-only
 }
 
-// shard is a shardState padded to whole cache lines.
-type shard struct {
-	shardState
-	_ [cacheLine - unsafe.Sizeof(shardState{})%cacheLine]byte
+// shard is one lock and its buckets.
+type shard[K comparable] struct {
+	guard
+	retired bool // replaced by Resize: look the shard up again
+	core[K]
 }
 
 // shardSet is the shards of a Table for one MaxKeys.
-type shardSet struct {
-	shards  []shard
+type shardSet[K comparable] struct {
+	shards  []shard[K]
 	mask    uint64 // len(shards) - 1
 	maxKeys int
 	carried uint64 // evictions counted by shard sets this one replaced
@@ -628,17 +416,12 @@ func shardCapacity(maxKeys, n, i int) int {
 	return c
 }
 
-func newShardSet(maxKeys int, epoch time.Time, clock int64, carried uint64) *shardSet {
+func newShardSet[K comparable](maxKeys int, epoch time.Time, clock int64, refuse bool) *shardSet[K] {
 	n := shardCount(maxKeys)
-	s := &shardSet{
-		shards:  make([]shard, n),
-		mask:    uint64(n - 1),
-		maxKeys: maxKeys,
-		carried: carried,
-	}
+	s := &shardSet[K]{shards: make([]shard[K], n), mask: uint64(n - 1), maxKeys: maxKeys}
 	for i := range s.shards {
 		s.shards[i].epoch = epoch
-		s.shards[i].core = newCore(shardCapacity(maxKeys, n, i), clock, 0)
+		s.shards[i].core = newCore[K](shardCapacity(maxKeys, n, i), clock, refuse)
 	}
 	return s
 }
@@ -651,20 +434,20 @@ type Table[K comparable] struct {
 	refuse   bool
 	epoch    time.Time // times are kept as nanoseconds since the epoch
 	resizeMu sync.Mutex
-	set      atomic.Pointer[shardSet]
+	set      atomic.Pointer[shardSet[K]]
 }
 
-// New returns an empty Table. hash identifies each key's bucket and spreads
-// the keys over the shards: it must be deterministic, well mixed in all its
-// bits, and seeded per process (a maphash under a random seed is), because
-// two keys with the same hash share one bucket (see the package
-// documentation). It must not be nil.
+// New returns an empty Table. hash spreads the keys over the table's
+// shards: it must be deterministic and well mixed in its low bits (a
+// maphash under a per-process seed is). It only chooses a key's shard;
+// buckets are found by the key itself (compared by ==), so keys whose
+// hashes collide never share a bucket. It must not be nil.
 func New[K comparable](opts Options, hash func(K) uint64) *Table[K] {
 	if hash == nil {
 		panic("buckets: New with a nil hash function")
 	}
 	t := &Table[K]{hash: hash, refuse: opts.RefuseWhenFull, epoch: time.Now()}
-	t.set.Store(newShardSet(orDefault(opts.MaxKeys), t.epoch, math.MinInt64, 0))
+	t.set.Store(newShardSet[K](orDefault(opts.MaxKeys), t.epoch, math.MinInt64, t.refuse))
 	return t
 }
 
@@ -675,8 +458,9 @@ func orDefault(maxKeys int) int {
 	return maxKeys
 }
 
-// lock returns the shard of hash h, locked.
-func (t *Table[K]) lock(h uint64) *shard {
+// lock returns k's shard, locked.
+func (t *Table[K]) lock(k K) *shard[K] {
+	h := t.hash(k)
 	for {
 		set := t.set.Load()
 		s := &set.shards[h&set.mask]
@@ -705,22 +489,18 @@ func clampBurst(burst int) int32 {
 // When the result is OK, the Reservation gives the token back if the
 // caller's other checks fail. Otherwise nothing was spent and the
 // Reservation is the zero value. When k has no bucket and k's shard is
-// full, a bucket that has refilled is dropped if the shard's CLOCK hand
-// finds one; otherwise the table evicts a bucket not used since the hand
-// last passed it (counted by Evictions) or, in refuse mode, returns
-// Result.Full. See "Bounded memory and the full table" in the package
-// documentation.
+// full, the table drops the shard's least recently used bucket (counted by
+// Evictions unless it has refilled) or, in refuse mode, a bucket that has
+// refilled if it finds one, and otherwise returns Result.Full. See
+// "Bounded memory and the full table" in the package documentation.
 func (t *Table[K]) Reserve(k K, now time.Time, limit rate.Limit, burst int) (Reservation, Result) {
-	return t.ReserveHash(t.hash(k), now, limit, burst)
-}
-
-// ReserveHash is Reserve for the key whose hash (by the Table's hash
-// function) is h: for callers that already hold the hash. Buckets are kept
-// by hash, so it acts exactly as Reserve on that key.
-func (t *Table[K]) ReserveHash(h uint64, now time.Time, limit rate.Limit, burst int) (Reservation, Result) {
 	n := since(now, t.epoch)
-	s := t.lock(h)
-	at, gen, r := s.reserve(h, n, limit, clampBurst(burst), t.refuse)
+	s := t.lock(k)
+	at, b, r := s.reserve(k, n, limit, clampBurst(burst))
+	var res Reservation
+	if b != nil {
+		res = Reservation{g: &s.guard, b: b, at: at, gen: b.gen}
+	}
 	s.mu.Unlock()
 	if r.RetryAfter > 0 && r.RetryAfter != rate.InfDuration && at > n {
 		// Measured from the caller's now, which the shard took as at.
@@ -728,20 +508,16 @@ func (t *Table[K]) ReserveHash(h uint64, now time.Time, limit rate.Limit, burst 
 			r.RetryAfter = rate.InfDuration
 		}
 	}
-	if gen == 0 {
-		return Reservation{}, r
-	}
-	return Reservation{s: s, at: at, h: h, gen: gen}, r
+	return res, r
 }
 
 // Tokens returns the tokens in k's bucket at now, and false if k has no
 // bucket (a key without a bucket would start with a full one). It does not
 // count as a use of the bucket.
 func (t *Table[K]) Tokens(k K, now time.Time) (float64, bool) {
-	h := t.hash(k)
-	s := t.lock(h)
+	s := t.lock(k)
 	defer s.mu.Unlock()
-	if b := s.lookup(h); b != nil {
+	if b, ok := s.lru.Peek(k); ok {
 		return b.tokensAt(since(now, t.epoch)), true
 	}
 	return 0, false
@@ -776,18 +552,18 @@ func (t *Table[K]) Evictions() uint64 {
 	return n
 }
 
-// Resize sets the table's MaxKeys (zero or less: DefaultMaxKeys), dropping
-// the buckets that no longer fit: first those that have refilled, then
-// those updated longest ago (among buckets updated at the same time, the
-// fullest). Resize takes no time: a dropped bucket counts as an eviction
-// unless it had refilled at the latest time its shard has seen (the latest
-// any shard has seen, when the buckets move to new shards).
+// Resize sets the table's MaxKeys (zero or less: DefaultMaxKeys). When the
+// buckets no longer fit, Resize drops those that have refilled, then the
+// least recently updated (among buckets updated at the same time, the
+// fullest), and moves the others into new LRUs, whose reservations then
+// give nothing back. Resize takes no time: a dropped bucket counts as an
+// eviction unless it had refilled at the latest time its shard has seen
+// (the latest any shard has seen, when the buckets move to new shards).
 //
 // When the new size calls for the same number of shards, Resize resizes
-// them one by one; a shrunk shard moves its buckets into smaller slots, so
-// that its memory shrinks too. When it calls for another number, Resize
-// moves every bucket into a new set of shards, holding every shard lock
-// meanwhile. Outstanding reservations of moved buckets give nothing back.
+// them one by one, and a shard whose buckets fit keeps them where they
+// are. When it calls for another number, Resize moves every bucket into a
+// new set of shards, holding every shard lock meanwhile.
 func (t *Table[K]) Resize(maxKeys int) {
 	maxKeys = orDefault(maxKeys)
 	t.resizeMu.Lock()
@@ -797,36 +573,41 @@ func (t *Table[K]) Resize(maxKeys int) {
 		return
 	}
 	n := len(old.shards)
-	if shardCount(maxKeys) == n {
-		for i := range old.shards {
-			s := &old.shards[i]
-			s.mu.Lock()
-			s.core = s.resized(shardCapacity(maxKeys, n, i))
-			s.mu.Unlock()
-		}
-		old.maxKeys = maxKeys // guarded by resizeMu
+	if shardCount(maxKeys) != n {
+		t.reshard(old, maxKeys)
 		return
 	}
+	for i := range old.shards {
+		s := &old.shards[i]
+		s.mu.Lock()
+		s.resize(shardCapacity(maxKeys, n, i))
+		s.mu.Unlock()
+	}
+	old.maxKeys = maxKeys // guarded by resizeMu
+}
 
+// reshard moves every bucket of old into a new set of shards for maxKeys,
+// holding every shard lock of old meanwhile, and retires old.
+func (t *Table[K]) reshard(old *shardSet[K], maxKeys int) {
 	for i := range old.shards {
 		old.shards[i].mu.Lock()
 	}
-	// Every bucket goes to its new shard in keepFirst order, so that a
-	// shard that cannot keep them all keeps those that matter most.
-	var all []held
 	clock := int64(math.MinInt64)
 	carried := old.carried
 	for i := range old.shards {
 		clock = max(clock, old.shards[i].clock)
 		carried += old.shards[i].evictions
 	}
+	// Every bucket goes to its new shard in oldestFirst order, so that a
+	// shard that cannot keep them all keeps those that matter most.
+	var all []moved[K]
 	for i := range old.shards {
-		all = old.shards[i].buckets(all, clock)
+		all = old.shards[i].drain(all, clock)
 	}
-	slices.SortStableFunc(all, keepFirst)
-	next := newShardSet(maxKeys, t.epoch, clock, 0)
+	slices.SortStableFunc(all, oldestFirst)
+	next := newShardSet[K](maxKeys, t.epoch, clock, t.refuse)
 	for _, m := range all {
-		next.shards[m.b.hash&next.mask].add(m)
+		next.shards[t.hash(m.k)&next.mask].add(m)
 	}
 	for i := range next.shards {
 		carried += next.shards[i].evictions
@@ -837,7 +618,7 @@ func (t *Table[K]) Resize(maxKeys int) {
 	for i := range old.shards {
 		s := &old.shards[i]
 		s.retired = true
-		s.core = core{} // frees the slots; Cancel finds none
+		s.core = core[K]{} // frees the buckets; reservations point at copies no one reads
 		s.mu.Unlock()
 	}
 }

@@ -11,11 +11,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/time/rate"
 
-	"github.com/wslimit/wslimit/concurrency/handoff"
+	"github.com/wslimit/wslimit/internal/handoff"
 )
 
 var (
@@ -411,11 +410,10 @@ func TestResize(t *testing.T) {
 			if got, ok := tb.Tokens(last, t0); !ok || got != 0 {
 				t.Fatalf("Tokens(most recent key) = %v, %v; want 0, true", got, ok)
 			}
-			// A shrunk table gives its memory back.
 			set = tb.set.Load()
 			for i := range set.shards {
-				if s := &set.shards[i]; len(s.slots) > sizeFor(s.capacity) || cap(s.slots) > len(s.slots) {
-					t.Fatalf("shard %d: %d slots (room for %d), capacity %d", i, len(s.slots), cap(s.slots), s.capacity)
+				if s := &set.shards[i]; s.lru.Len() > s.capacity || s.capacity != shardCapacity(set.maxKeys, len(set.shards), i) {
+					t.Fatalf("shard %d: %d buckets, capacity %d", i, s.lru.Len(), s.capacity)
 				}
 			}
 			for i := range uint64(2 * orDefault(tc.to)) {
@@ -464,6 +462,12 @@ func TestResizeConcurrent(t *testing.T) {
 					won.Add(1)
 				}
 				tb.Reserve(uint64(w+1), t0, 1, 5)
+				// Len and Evictions may visit a shard set that Resize
+				// retires meanwhile.
+				if n := tb.Len(); n > 10_000 {
+					t.Errorf("Len = %d", n)
+				}
+				tb.Evictions()
 			}
 		}()
 	}
@@ -475,10 +479,9 @@ func TestResizeConcurrent(t *testing.T) {
 	}
 }
 
-// TestClockOrder guards the order of eviction: a full shard evicts a
-// bucket that has not been used since the CLOCK hand last passed it, so a
-// bucket used since survives a new key. (A new bucket starts referenced.)
-func TestClockOrder(t *testing.T) {
+// TestLRUOrder guards the order of eviction: a full shard evicts its least
+// recently reserved bucket, so a bucket used since survives a new key.
+func TestLRUOrder(t *testing.T) {
 	tb := New(Options{MaxKeys: 3}, hashString) // one shard
 	reserve := func(k string) {
 		t.Helper()
@@ -487,24 +490,14 @@ func TestClockOrder(t *testing.T) {
 		}
 	}
 	has := func(k string) bool { _, ok := tb.Tokens(k, t0); return ok }
-	for _, k := range []string{"a", "b", "c", "d"} {
+	for _, k := range []string{"a", "b", "c"} {
 		reserve(k)
 	}
-	// d found a, b and c all referenced: the hand cleared them, evicted
-	// one, and left the other two unreferenced; d starts referenced.
-	var left []string
-	for _, k := range []string{"a", "b", "c"} {
-		if has(k) {
-			left = append(left, k)
-		}
-	}
-	if len(left) != 2 || !has("d") {
-		t.Fatalf("after d: %v and d=%v hold buckets, want two of a, b, c and d", left, has("d"))
-	}
-	used, unused := left[0], left[1]
-	reserve(used)
-	reserve("e") // must evict unused: the only unreferenced bucket
-	for k, want := range map[string]bool{used: true, unused: false, "d": true, "e": true} {
+	reserve("a") // b is now the least recently used; Tokens is no use
+	has("b")
+	reserve("d") // evicts b
+	reserve("e") // evicts c
+	for k, want := range map[string]bool{"a": true, "b": false, "c": false, "d": true, "e": true} {
 		if has(k) != want {
 			t.Errorf("%s has a bucket: %v, want %v", k, has(k), want)
 		}
@@ -515,14 +508,14 @@ func TestClockOrder(t *testing.T) {
 }
 
 // TestCancelAfterSlotReuse guards Cancel against giving a token to the
-// wrong bucket: once the reserved bucket is gone (evicted, its slot reused
-// by another key; moved by Resize) or has new parameters, Cancel does
-// nothing.
+// wrong bucket: once the reserved bucket is gone (evicted and its place
+// taken by another key; moved by Resize) or has new parameters, Cancel does
+// nothing; a bucket that Resize leaves where it is gets its token back.
 func TestCancelAfterSlotReuse(t *testing.T) {
-	t.Run("evicted, slot reused", func(t *testing.T) {
+	t.Run("evicted, place taken", func(t *testing.T) {
 		tb := New(Options{MaxKeys: 1}, hashString)
 		res, _ := tb.Reserve("a", t0, 1, 2)
-		tb.Reserve("b", t0, 1, 2) // evicts a, takes its slot
+		tb.Reserve("b", t0, 1, 2) // evicts a, takes its place
 		res.Cancel(t0)
 		if got, _ := tb.Tokens("b", t0); got != 1 {
 			t.Fatalf("b: %v tokens after a's Cancel, want 1", got)
@@ -546,16 +539,16 @@ func TestCancelAfterSlotReuse(t *testing.T) {
 			t.Fatalf("%v tokens after Cancel, want 2 (nothing restored)", got)
 		}
 	})
-	t.Run("shrunk, slots kept", func(t *testing.T) {
+	t.Run("shrunk, bucket kept in place", func(t *testing.T) {
 		tb := New(Options{MaxKeys: 64}, hashString) // one shard
 		res, _ := tb.Reserve("a", t0, 1, 3)
-		tb.Resize(63) // the bucket stays in its slot
+		tb.Resize(63) // the bucket fits and stays where it is
 		res.Cancel(t0)
 		if got, _ := tb.Tokens("a", t0); got != 3 {
 			t.Fatalf("%v tokens after Cancel, want 3 (restored)", got)
 		}
 	})
-	t.Run("shrunk, slots moved", func(t *testing.T) {
+	t.Run("shrunk, buckets moved", func(t *testing.T) {
 		tb := New(Options{MaxKeys: 64}, hashString)
 		for i := range 63 {
 			tb.Reserve(fmt.Sprint(i), t0, 1, 3)
@@ -563,7 +556,7 @@ func TestCancelAfterSlotReuse(t *testing.T) {
 		// The most recently updated bucket is kept.
 		ms := at(time.Millisecond)
 		res, _ := tb.Reserve("a", ms, 1, 3)
-		tb.Resize(63) // moves 63 of the 64 buckets into smaller slots
+		tb.Resize(63) // moves 63 of the 64 buckets into a new LRU
 		res.Cancel(ms)
 		if got, _ := tb.Tokens("a", ms); got != 2 {
 			t.Fatalf("%v tokens after Cancel, want 2 (nothing restored)", got)
@@ -604,26 +597,23 @@ func TestCancelAfterLaterUse(t *testing.T) {
 	}
 }
 
-// TestHashCollision documents that buckets are identified by the hash:
-// keys with the same hash share a bucket (and then get fewer tokens).
+// TestHashCollision guards against keys sharing a bucket: the hash only
+// picks the shard, and keys with the same hash keep their own buckets.
 func TestHashCollision(t *testing.T) {
 	tb := New(Options{}, func(string) uint64 { return 42 })
 	tb.Reserve("a", t0, 1, 2)
 	tb.Reserve("b", t0, 1, 2)
+	if _, r := tb.Reserve("a", t0, 1, 2); !r.OK {
+		t.Fatalf("second Reserve of a's bucket of 2: %+v, want OK", r)
+	}
 	if _, r := tb.Reserve("a", t0, 1, 2); r.OK {
-		t.Fatalf("third Reserve of a shared bucket of 2: %+v, want refusal", r)
+		t.Fatalf("third Reserve of a's bucket of 2: %+v, want refusal", r)
 	}
-	if n := tb.Len(); n != 1 {
-		t.Fatalf("Len = %d, want 1", n)
+	if got, _ := tb.Tokens("b", t0); got != 1 {
+		t.Fatalf("b holds %v tokens, want 1", got)
 	}
-}
-
-func TestShardPadding(t *testing.T) {
-	if n := unsafe.Sizeof(shard{}); n%cacheLine != 0 {
-		t.Errorf("shard is %d bytes, not a multiple of %d", n, cacheLine)
-	}
-	if n := unsafe.Sizeof(slot{}); n != 40 {
-		t.Errorf("slot is %d bytes, want 40", n)
+	if n := tb.Len(); n != 2 {
+		t.Fatalf("Len = %d, want 2", n)
 	}
 }
 
@@ -685,7 +675,7 @@ const poolSize = 100_000
 // order returns n pseudo-random indexes into a pool of poolSize keys. The
 // keys are drawn independently, not in rounds: in rounds (each key once
 // per round), a shard holding a few more keys than its share of MaxKeys
-// would be LRU's worst case (and CLOCK's) and miss every time.
+// would be LRU's worst case and miss every time.
 func order(n int) []int32 {
 	idx := make([]int32, n)
 	x := uint64(1)
@@ -940,23 +930,4 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 		}
 		b.ReportMetric(perKey, "B/key")
 	})
-}
-
-// TestReserveHash checks that ReserveHash with the Table's own hash spends
-// from the same bucket as Reserve.
-func TestReserveHash(t *testing.T) {
-	tb := New(Options{MaxKeys: 16}, hashString)
-	h := hashString("a")
-	if _, r := tb.ReserveHash(h, at(0), 1, 2); !r.OK {
-		t.Fatalf("first token refused: %+v", r)
-	}
-	if _, r := tb.Reserve("a", at(0), 1, 2); !r.OK {
-		t.Fatalf("second token refused: %+v", r)
-	}
-	if _, r := tb.ReserveHash(h, at(0), 1, 2); r.OK || r.RetryAfter != time.Second {
-		t.Fatalf("third token: got %+v, want refused with RetryAfter 1s", r)
-	}
-	if n := tb.Len(); n != 1 {
-		t.Fatalf("Len = %d, want 1 bucket", n)
-	}
 }

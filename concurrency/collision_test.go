@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-// TestHashCollisionsStayExact: keys are found by hash, but keys whose hashes
+// TestHashCollisionsStayExact: keys are sharded by hash, but keys whose hashes
 // collide are still counted separately and exactly.
 func TestHashCollisionsStayExact(t *testing.T) {
 	c := New(func(int) uint64 { return 42 }) // every key collides
@@ -34,8 +34,8 @@ func TestHashCollisionsStayExact(t *testing.T) {
 	if top := c.Top(keys); len(top) != keys {
 		t.Errorf("Top = %v, want %d entries", top, keys)
 	}
-	// Free the key that owns the hash slot first: the colliding keys keep
-	// their counts, and a new holder of the slot is counted on its own.
+	// Free the first of the colliding keys: the others keep their counts,
+	// and a new key with the same hash is counted on its own.
 	for i := 0; i < limit; i++ {
 		if !c.Release(0) {
 			t.Fatal("release of key 0 failed")

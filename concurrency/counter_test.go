@@ -104,8 +104,9 @@ func TestEntryDeletedAtZero(t *testing.T) {
 	}
 }
 
-// TestShrink checks that a shard's table is rebuilt smaller once most of
-// its keys are gone, and that no count is lost in the copy.
+// TestShrink checks that a shard's map is rebuilt smaller once most of its
+// keys are gone (Go maps keep their memory after deletions), and that no
+// count is lost in the copy.
 func TestShrink(t *testing.T) {
 	c := New(mix)
 	const n = 100_000
@@ -123,8 +124,8 @@ func TestShrink(t *testing.T) {
 	}
 	for i := range c.shards {
 		s := &c.shards[i]
-		if len(s.slots) > minSlots && len(s.slots) > 8*s.used {
-			t.Errorf("shard %d: %d slots for %d keys: table not shrunk", i, len(s.slots), s.used)
+		if s.peak >= minRebuild && s.peak > 8*len(s.m) {
+			t.Errorf("shard %d: %d keys in a map that held %d: map not rebuilt", i, len(s.m), s.peak)
 		}
 	}
 	for i := range n {
@@ -134,6 +135,15 @@ func TestShrink(t *testing.T) {
 		}
 		if got := c.Count(uint64(i)); got != want {
 			t.Fatalf("Count(%d) = %d, want %d", i, got, want)
+		}
+	}
+	// Emptied, every shard holds a small map or none.
+	for i := 0; i < n; i += 10 {
+		c.Release(uint64(i))
+	}
+	for i := range c.shards {
+		if s := &c.shards[i]; len(s.m) != 0 || s.total != 0 || s.peak >= minRebuild {
+			t.Errorf("shard %d: %d keys, total %d, peak %d after all releases", i, len(s.m), s.total, s.peak)
 		}
 	}
 }
@@ -321,46 +331,25 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	}
 }
 
-// TestHashVariants checks that AcquireHash and ReleaseHash, given the
-// Counter's own hash, count the same entries as Acquire and Release.
-func TestHashVariants(t *testing.T) {
-	c := New(hashString)
-	h := hashString("a")
-	if !c.AcquireHash("a", h, 2) || !c.Acquire("a", 2) {
-		t.Fatal("first two slots refused")
-	}
-	if c.AcquireHash("a", h, 2) {
-		t.Fatal("AcquireHash passed a cap that Acquire filled")
-	}
-	if n := c.Count("a"); n != 2 {
-		t.Fatalf("Count = %d, want 2", n)
-	}
-	if !c.ReleaseHash("a", h) || !c.Release("a") || c.ReleaseHash("a", h) {
-		t.Fatal("releases: want true, true, then false at zero")
-	}
-	if n := c.Len(); n != 0 {
-		t.Fatalf("Len = %d after releasing everything, want 0", n)
-	}
-}
-
 // TestChurnAgainstMap drives one Counter and a plain map through the same
-// random acquires and releases, with a hash of only 9 bits (shard plus 3
-// bits of table index) so that probe runs collide, wrap around the table's
-// end and are cut by backward-shift deletions, while tables grow and
-// shrink. Every answer and every count must match the map's.
+// random acquires and releases, with a hash of 8 values that all choose
+// shard 0 (many keys per hash, one map), so that the map grows and is
+// rebuilt smaller over and over. Every answer and every count must match
+// the map's.
 func TestChurnAgainstMap(t *testing.T) {
-	c := New(func(k uint64) uint64 { return mix(k) & 0x1ff })
+	c := New(func(k uint64) uint64 { return mix(k) & 0x1c0 })
 	want := map[uint64]int{}
 	rng := uint64(1)
 	next := func() uint64 { rng = mix(rng + 0x9e3779b97f4a7c15); return rng }
 	const keySpace, limit = 600, 3
+	prevPeak, rebuilds := 0, 0
 	for step := 0; step < 200_000; step++ {
 		k := next() % keySpace
-		// Phases of mostly-acquire and mostly-release make tables grow and
+		// Phases of mostly-acquire and mostly-release make maps grow and
 		// shrink repeatedly.
 		acquire := next()%100 < 70
 		if (step/20_000)%2 == 1 {
-			acquire = next()%100 < 30
+			acquire = next()%100 < 5
 		}
 		if acquire {
 			got, exp := c.Acquire(k, limit), want[k] < limit
@@ -381,6 +370,9 @@ func TestChurnAgainstMap(t *testing.T) {
 				}
 			}
 		}
+		if s := &c.shards[0]; s.peak >= minRebuild && s.peak > 8*len(s.m) {
+			t.Fatalf("step %d: %d keys in a map that held %d: not rebuilt", step, len(s.m), s.peak)
+		}
 		if step%5000 == 0 {
 			total := 0
 			for k := uint64(0); k < keySpace; k++ {
@@ -393,7 +385,15 @@ func TestChurnAgainstMap(t *testing.T) {
 				t.Fatalf("step %d: Len %d Total %d, want %d and %d", step, c.Len(), c.Total(), len(want), total)
 			}
 		}
+		if s := &c.shards[0]; s.peak < prevPeak {
+			rebuilds++
+		}
+		prevPeak = c.shards[0].peak
 	}
+	if rebuilds == 0 {
+		t.Fatal("the map was never rebuilt")
+	}
+	t.Logf("%d rebuilds", rebuilds)
 }
 
 // BenchmarkMemoryPerSlot measures the heap a Counter holds per key holding

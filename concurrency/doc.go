@@ -21,11 +21,13 @@
 //
 // An entry exists only while its count is above zero: Release deletes the
 // entry that reaches zero, and a key that never got a slot leaves no trace.
-// The memory a Counter holds is therefore proportional to the slots held
-// (live connections), not to the number of keys ever seen. Each shard's
-// table (open addressing, linear probing, backward-shift deletion) doubles
-// when three quarters full and halves when less than an eighth full, so it
-// holds memory for the keys it has, not for the most it ever had.
+// The memory a Counter holds is therefore proportional to the keys holding
+// slots (live connections), not to the number of keys ever seen. Each shard
+// keeps its counts in a Go map; since Go maps keep their memory when
+// entries are deleted, a shard whose keys fall below an eighth of the most
+// it has held copies them into a new map (at constant cost per Release,
+// amortised), so it holds memory for the keys it has, not for the most it
+// ever had.
 //
 // Counts never live in an evicting cache: an LRU that dropped a live
 // counter would reset it, and a flood of distinct keys would then free the
@@ -41,8 +43,9 @@
 //
 // A Counter is safe for concurrent use by multiple goroutines. Keys are
 // spread over 64 shards by the hash function given to [New], each shard a
-// mutex and a table, padded so that neighbouring shards do not share a cache
-// line. Acquire, Release and Count lock one shard. Len, Total and Top visit
-// the shards one after another, so under concurrent updates their result is
-// not a snapshot of one instant; each shard's part of it is.
+// mutex and a map; the hash only picks the shard, and keys are compared by
+// ==, so keys whose hashes collide are still counted apart. Acquire,
+// Release and Count lock one shard. Len, Total and Top visit the shards one
+// after another, so under concurrent updates their result is not a
+// snapshot of one instant; each shard's part of it is.
 package concurrency

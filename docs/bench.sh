@@ -38,9 +38,9 @@ for g in "${groups[@]}"; do
 		# the two cores costs, which depends on where the host put them: it
 		# is measured before and after, so the run records the machine it
 		# ran on.
-		bench ./concurrency/ '^BenchmarkCacheLineHandoff$' -count 3
+		bench ./internal/handoff/ '^BenchmarkCacheLineHandoff$' -count 3
 		bench ./policy/ '^BenchmarkAdmitRelease$' -count "$count" -benchtime 1s
-		bench ./concurrency/ '^BenchmarkCacheLineHandoff$' -count 3
+		bench ./internal/handoff/ '^BenchmarkCacheLineHandoff$' -count 3
 		bench ./policy/ '^BenchmarkRelease$' -count "$count" -benchtime 1s
 		bench ./policy/ '^BenchmarkAdmitReleaseJWT$' -count "$count" -benchtime 1s
 		;;

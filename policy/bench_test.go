@@ -16,7 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/wslimit/wslimit/concurrency/handoff"
+	"github.com/wslimit/wslimit/internal/handoff"
 	"golang.org/x/time/rate"
 )
 

@@ -19,7 +19,7 @@
 //
 // MemoryStore keeps state in this process: exact sharded counters whose
 // entries exist only while a key holds slots, and per-rule token-bucket
-// tables bounded by max_keys (CLOCK eviction). State is kept by rule name, so a policy
+// tables bounded by max_keys (LRU eviction). State is kept by rule name, so a policy
 // reload keeps the counts of the rules it keeps. The Store interface is
 // what a shared store (package redisstore) implements: one call per
 // admission carrying every rule's claim.

@@ -16,7 +16,7 @@ import (
 
 // MemoryStore keeps counters and buckets in this process: exact connection
 // caps (sharded counters whose entries exist only while a key holds slots)
-// and size-bounded token-bucket tables (CLOCK eviction), one of each per rule name. It is safe
+// and size-bounded token-bucket tables (LRU eviction), one of each per rule name. It is safe
 // for concurrent use.
 type MemoryStore struct {
 	seed  maphash.Seed
@@ -98,11 +98,10 @@ func (s *MemoryStore) rule(name string) *memRule {
 	return r
 }
 
-// acquire takes a slot for k (hash h) under limit; exact under any
-// interleaving.
-func (r *memRule) acquire(k keys.Key, h uint64, limit int) bool {
+// acquire takes a slot for k under limit; exact under any interleaving.
+func (r *memRule) acquire(k keys.Key, limit int) bool {
 	if k.Kind != keys.KindGlobal {
-		return r.conns.AcquireHash(k, h, limit)
+		return r.conns.Acquire(k, limit)
 	}
 	for {
 		n := r.global.Load()
@@ -115,10 +114,10 @@ func (r *memRule) acquire(k keys.Key, h uint64, limit int) bool {
 	}
 }
 
-// release gives back one of k's slots (hash h); never below zero.
-func (r *memRule) release(k keys.Key, h uint64) bool {
+// release gives back one of k's slots; never below zero.
+func (r *memRule) release(k keys.Key) bool {
 	if k.Kind != keys.KindGlobal {
-		return r.conns.ReleaseHash(k, h)
+		return r.conns.Release(k)
 	}
 	for {
 		n := r.global.Load()
@@ -191,18 +190,15 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 			c.lim = noLimits // the same as none; read through c below, which keeps the frame small
 		}
 		r := s.ruleFor(c.lim)
-		if c.Key.Kind != keys.KindGlobal || c.lim.limit > 0 {
-			c.hash = s.hash(c.Key) // once, for counter, bucket and Release
-		}
 		if c.lim.conns > 0 {
-			if !r.acquire(c.Key, c.hash, c.lim.conns) {
+			if !r.acquire(c.Key, c.lim.conns) {
 				s.undo(now, claims[:i], held[:i], res[:i])
 				return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
 			}
 			held[i] = r
 		}
 		if c.lim.limit > 0 {
-			rv, result := s.table(r, c.lim).ReserveHash(c.hash, now, c.lim.limit, c.lim.burst)
+			rv, result := s.table(r, c.lim).Reserve(c.Key, now, c.lim.limit, c.lim.burst)
 			if !result.OK {
 				s.undo(now, claims[:i+1], held[:i+1], res[:i])
 				reason := ReasonRate
@@ -228,7 +224,7 @@ func tooManyClaims(n int) error {
 func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res []buckets.Reservation) {
 	for i := range claims {
 		if held[i] != nil {
-			held[i].release(claims[i].Key, claims[i].hash)
+			held[i].release(claims[i].Key)
 		}
 	}
 	for i := range res {
@@ -243,15 +239,7 @@ func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error 
 		if c.lim == nil || c.lim.conns <= 0 {
 			continue
 		}
-		r := s.ruleFor(c.lim)
-		// A release finds only an entry stored under the key's true hash
-		// (entries are compared by key), so a stale or missing hash fails
-		// and is computed again; it never frees another key's slot.
-		if !r.release(c.Key, c.hash) && c.Key.Kind != keys.KindGlobal {
-			if h := s.hash(c.Key); h != c.hash {
-				r.release(c.Key, h)
-			}
-		}
+		s.ruleFor(c.lim).release(c.Key)
 	}
 	return nil
 }
