@@ -17,7 +17,7 @@
 // With a Redis store, which keeps no per-rule tables in this process, pass
 // its error counter instead of an Inspector:
 //
-//	obs := prom.New(prom.Options{StoreErrors: func() uint64 { return rs.Stats().Errors }})
+//	obs := prom.New(prom.Options{StoreErrors: func() uint64 { return rs.Snapshot().Errors }})
 //
 // No key (client IP, subnet, user id, cookie, header value) ever becomes a
 // label: the only labels are rule (bounded by the policy's rules, at most

@@ -53,7 +53,7 @@ type Options struct {
 	// StoreErrors, when set, is read at every scrape as the store error
 	// counter; for a Redis store pass
 	//
-	//	func() uint64 { return s.Stats().Errors }
+	//	func() uint64 { return s.Snapshot().Errors }
 	//
 	// It must be monotonic and safe for concurrent use.
 	StoreErrors func() uint64

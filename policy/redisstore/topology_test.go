@@ -22,7 +22,7 @@ func admitCap(t *testing.T, s *Store, claims []policy.Claim) int {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st := s.Stats(); st.Degraded != 0 {
+		if st := s.Snapshot(); st.Degraded != 0 {
 			t.Fatalf("decided without Redis: %+v", st)
 		}
 		if !v.OK {
