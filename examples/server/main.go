@@ -133,17 +133,22 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 			serveErr = err
 		}
 	}
-	// No handshake comes in any more. Give every slot back at once, so that
-	// the other instances can use the capacity, then tell the clients to
-	// reconnect elsewhere (1001 Going Away): their releases find nothing left.
+	release(shutdown, store, live, log)
+	return serveErr
+}
+
+// release runs once no handshake comes in any more: it gives every slot
+// back at once, so that the other instances can use the capacity, then
+// tells the clients to reconnect elsewhere (1001 Going Away); their
+// releases find nothing left.
+func release(ctx context.Context, store policy.Store, live *liveConns, log *slog.Logger) {
 	if rs, ok := store.(*redisstore.Store); ok {
-		if err := rs.Shutdown(shutdown); err != nil {
+		if err := rs.Shutdown(ctx); err != nil {
 			log.Warn("releasing slots at shutdown", "error", err)
 		}
 	}
 	n := live.closeAll("server shutting down")
 	log.Info("wslimit demo stopped", "closed_connections", n)
-	return serveErr
 }
 
 // liveConns is the demo's set of open WebSockets, closed with 1001 Going
