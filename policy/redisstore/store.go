@@ -57,8 +57,10 @@ type FailMode uint8
 
 // The failure modes, as written in the policy's on_error.
 const (
-	// FailLocal delegates the admission to Options.Fallback, an in-memory
-	// store with the same policy: limits hold per instance.
+	// FailLocal admits within this instance's share of each limit: a cap
+	// divided by the live instances (rounded up) less the leases this
+	// instance holds under it, and a bucket's rate and burst divided the
+	// same way (through Options.Fallback).
 	FailLocal FailMode = iota
 	// FailAllow admits without limits.
 	FailAllow
@@ -105,17 +107,21 @@ type Options struct {
 	// RefreshInterval is how often live leases are renewed, all in one
 	// round trip (default LeaseTTL/3; must be below LeaseTTL).
 	RefreshInterval time.Duration
-	// Timeout bounds each Admit and Release call to Redis (default 50ms).
-	// A refresh gets max(Timeout, RefreshInterval/2).
+	// Timeout bounds each Admit and Release call to Redis (default 50ms),
+	// from when it has a pooled connection; waiting for one is bounded by
+	// Timeout too. A sync (refresh) gets max(Timeout, RefreshInterval/2).
 	Timeout time.Duration
 	// OnError says what Admit does when Redis cannot decide (default
 	// FailLocal).
 	OnError FailMode
-	// Fallback is the in-memory store used by FailLocal; required then.
-	// The Store does not close it.
+	// Fallback is the in-memory store used by FailLocal for buckets, given
+	// this instance's share of each rate and burst (caps are shared out by
+	// the Store itself); required then. The Store does not close it.
 	Fallback policy.Store
 	// BreakerFailures is the number of consecutive failed calls that open
-	// the circuit breaker (default 3).
+	// the circuit breaker (default 3). A timeout counts only when a PING
+	// with a budget of max(2×Timeout, 250ms) fails too; then it opens the
+	// breaker at once.
 	BreakerFailures int
 	// BreakerCooldown is how long the open breaker applies OnError without
 	// calling Redis before one probe call tries again (default 1s).
