@@ -98,7 +98,7 @@ func (s *Store) countFailure(op string, err error, trip bool) {
 		opened = s.br.failure(now)
 	}
 	if opened {
-		s.resyncNeeded("breaker opened")
+		s.outageSeen()
 		s.logs.event(s.log, evOpened, slog.LevelWarn, "redisstore: circuit open; applying on_error",
 			slog.String("op", op), slog.String("error", err.Error()),
 			slog.String("on_error", s.onError.String()), slog.Duration("cooldown", s.br.cooldown))

@@ -264,7 +264,10 @@ return out
 // ARGV[4] its instance id, ARGV[5] the heartbeat TTL in ms, ARGV[6] the
 // recovery grace in ms, ARGV[7] the instances it knew of, ARGV[8] the TTL of
 // the epoch and sequence keys in ms (renewed by every sync), ARGV[9] "1" when
-// the instance leaves the registry (shutdown).
+// the instance leaves the registry (shutdown), ARGV[10] "1" when the caller
+// could not reach Redis for a while (its breaker opened, or its leases may
+// have expired): the others' leases may have expired too, so it starts a
+// recovery as after a loss.
 //
 // Returns {epoch, sequence, live instances, data lost (0/1), recovering (0/1)}.
 const syncSrc = `
@@ -292,7 +295,7 @@ if not e then
 elseif mine ~= '' and (e ~= mine or seq <= tonumber(ARGV[2])) then
   lost = 1
 end
-if lost == 1 and not untl then
+if (lost == 1 or ARGV[10] == '1') and not untl then
   untl = now + tonumber(ARGV[6])
   expct = tonumber(ARGV[7])
   redis.call('DEL', KEYS[3])

@@ -205,6 +205,7 @@ type Store struct {
 	want     atomic.Uint64 // bumped when the leases must be registered again
 	have     atomic.Uint64 // the want value the last successful sync started from
 	lastSync atomic.Int64  // unix ms of the last successful sync
+	outage   atomic.Bool   // Redis was out of reach since the last sync
 	fleet    atomic.Int64  // live instances at the last sync
 	fmu      sync.Mutex
 	flight   *syncFlight // the sync under way, if any

@@ -50,7 +50,19 @@ func (s *Store) synced() bool {
 		return false
 	}
 	age := time.Now().UnixMilli() - s.lastSync.Load()
-	return age < s.ttlMS-s.interval.Milliseconds()/2
+	if age >= s.ttlMS-s.interval.Milliseconds()/2 {
+		s.outage.Store(true) // its leases may have expired, and others' too
+		return false
+	}
+	return true
+}
+
+// outageSeen makes the next sync start a recovery: while this instance
+// could not reach Redis, leases (its own, and those of the others if they
+// were cut off too) may have expired.
+func (s *Store) outageSeen() {
+	s.outage.Store(true)
+	s.resyncNeeded("outage")
 }
 
 // resyncNeeded makes the next admission wait for a sync.
@@ -133,6 +145,7 @@ type syncPlan struct {
 	groups map[string][]string // lease set key → live members
 	recs   []*lease            // the live leases read
 	pend   []slot
+	outage bool // this instance could not reach Redis since its last sync
 }
 
 // syncOnce sends, in one round trip: the epoch check and heartbeat
@@ -172,6 +185,9 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 	}
 	s.readRegistrations(regs, plan.recs)
 	if mode == syncRefresh {
+		if plan.outage {
+			s.outage.Store(false)
+		}
 		s.lastSync.Store(time.Now().UnixMilli())
 		for h := s.have.Load(); h < gen && !s.have.CompareAndSwap(h, gen); h = s.have.Load() {
 		}
@@ -182,7 +198,7 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 // plan reads what a sync of mode sends: the live leases (for a refresh)
 // and the pending releases, which it takes.
 func (s *Store) plan(mode syncMode) syncPlan {
-	p := syncPlan{mode: mode, ep: s.epoch(), groups: map[string][]string{}}
+	p := syncPlan{mode: mode, ep: s.epoch(), groups: map[string][]string{}, outage: s.outage.Load() && mode == syncRefresh}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if mode == syncRefresh {
@@ -267,12 +283,15 @@ func (s *Store) metaKeys() []string {
 func (s *Store) syncArgs(plan syncPlan) []any {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
-	leave := "0"
+	leave, outage := "0", "0"
 	if plan.mode == syncLeave {
 		leave = "1"
 	}
+	if plan.outage {
+		outage = "1"
+	}
 	return []any{plan.ep.id, plan.ep.seq, hex.EncodeToString(b[:]), s.instance,
-		s.ttlMS, s.grace.Milliseconds(), s.fleet.Load(), metaTTL.Milliseconds(), leave}
+		s.ttlMS, s.grace.Milliseconds(), s.fleet.Load(), metaTTL.Milliseconds(), leave, outage}
 }
 
 // readHead reads the syncSrc reply {epoch, sequence, instances, lost,
