@@ -287,14 +287,14 @@ func New(ctx context.Context, client redis.UniversalClient, opts Options) (*Stor
 	s.want.Store(1) // the first sync registers the epoch
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.start(ctx); err != nil {
-		s.cancel()
 		if refused(err) {
+			s.cancel()
 			return nil, fmt.Errorf("redisstore: loading scripts: %w", err)
 		}
 		if errors.Is(err, errClusterNode) {
+			s.cancel()
 			return nil, err
 		}
-		s.ctx, s.cancel = context.WithCancel(context.Background())
 		s.failed("start", err)
 		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: Redis does not answer at start; applying on_error until it does",
 			slog.String("error", err.Error()), slog.String("on_error", s.onError.String()))
