@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -80,10 +81,11 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 		return err
 	}
 	defer g.Close()
+	live := &liveConns{m: map[*ws.Conn]struct{}{}}
 
 	// Listen before serving so that a busy port fails the start, and the
 	// log line names the real address (":0" picks a free port).
-	servers := []*http.Server{newServer(newMux(g))}
+	servers := []*http.Server{newServer(newLiveMux(g, live))}
 	lns := make([]net.Listener, 0, 2)
 	ln, err := listen(addr, p, reg, log)
 	if err != nil {
@@ -132,6 +134,7 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 			serveErr = err
 		}
 	}
+	release(shutdown, store, live, log)
 	return serveErr
 }
 
@@ -167,16 +170,75 @@ func listen(addr string, p *policy.Policy, reg *prometheus.Registry, log *slog.L
 	return capped, nil
 }
 
+// release runs once no handshake comes in any more: it gives every slot
+// back at once, so that the other instances can use the capacity, then
+// tells the clients to reconnect elsewhere (1001 Going Away); their
+// releases find nothing left.
+func release(ctx context.Context, store policy.Store, live *liveConns, log *slog.Logger) {
+	if rs, ok := store.(*redisstore.Store); ok {
+		if err := rs.Shutdown(ctx); err != nil {
+			log.Warn("releasing slots at shutdown", "error", err)
+		}
+	}
+	n := live.closeAll("server shutting down")
+	log.Info("wslimit demo stopped", "closed_connections", n)
+}
+
+// liveConns is the demo's set of open WebSockets, closed with 1001 Going
+// Away at shutdown.
+type liveConns struct {
+	mu sync.Mutex
+	m  map[*ws.Conn]struct{}
+}
+
+func (l *liveConns) add(c *ws.Conn) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.m[c] = struct{}{}
+	l.mu.Unlock()
+}
+
+func (l *liveConns) remove(c *ws.Conn) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	delete(l.m, c)
+	l.mu.Unlock()
+}
+
+// closeAll sends every connection a close frame with 1001 and closes it;
+// it returns how many it closed.
+func (l *liveConns) closeAll(reason string) int {
+	l.mu.Lock()
+	conns := make([]*ws.Conn, 0, len(l.m))
+	for c := range l.m {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	msg := websocket.FormatCloseMessage(websocket.CloseGoingAway, reason)
+	for _, c := range conns {
+		_ = c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		c.Close()
+	}
+	return len(conns)
+}
+
 // newGuard returns the demo's guard, with a Prometheus observer registered
 // in a registry of its own (with the Go and process collectors) for the
 // admin listener's /metrics.
 func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard, *prometheus.Registry, error) {
 	var opts prom.Options
-	if insp, ok := store.(policy.Inspector); ok {
-		opts.Store = insp // tracked keys, buckets, evictions per rule
+	if ms, ok := store.(*policy.MemoryStore); ok {
+		opts.Store = ms // tracked keys, buckets, evictions per rule
 	}
 	if rs, ok := store.(*redisstore.Store); ok {
-		opts.StoreErrors = func() uint64 { return rs.Stats().Errors }
+		// Health only: the Redis store's per-rule figures come from SCAN,
+		// for /inspect, not for every scrape.
+		opts.Health = rs
+		opts.StoreErrors = func() uint64 { return rs.Snapshot().Errors }
 	}
 	obs := prom.New(opts)
 	reg := prometheus.NewRegistry()
@@ -215,7 +277,11 @@ func newStore(p *policy.Policy, log *slog.Logger) (policy.Store, error) {
 
 // newMux serves the demo page on /, the guarded echo endpoint on /ws and
 // the page's aggregate counters on /stats.
-func newMux(g *ws.Guard) *http.ServeMux {
+func newMux(g *ws.Guard) *http.ServeMux { return newLiveMux(g, nil) }
+
+// newLiveMux is newMux keeping the open WebSockets in live (when not nil)
+// for the shutdown.
+func newLiveMux(g *ws.Guard, live *liveConns) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -227,6 +293,8 @@ func newMux(g *ws.Guard) *http.ServeMux {
 			return // the rejection or upgrade error is already written
 		}
 		defer conn.Close() // releases every slot this connection holds
+		live.add(conn)
+		defer live.remove(conn)
 		conn.SetReadLimit(64 << 10)
 		for {
 			mt, msg, err := conn.ReadMessage()

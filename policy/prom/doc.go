@@ -14,10 +14,12 @@
 //	...
 //	http.Handle("/metrics", promhttp.Handler())
 //
-// With a Redis store, which keeps no per-rule tables in this process, pass
-// its error counter instead of an Inspector:
+// With a Redis store, pass it as Health (policy.HealthReporter) for the
+// store health metrics, and its error counter; do not pass it as Store,
+// whose per-rule figures it reads from Redis with SCAN (ws's inspection
+// page uses them):
 //
-//	obs := prom.New(prom.Options{StoreErrors: func() uint64 { return rs.Stats().Errors }})
+//	obs := prom.New(prom.Options{Health: rs, StoreErrors: func() uint64 { return rs.Snapshot().Errors }})
 //
 // No key (client IP, subnet, user id, cookie, header value) ever becomes a
 // label: the only labels are rule (bounded by the policy's rules, at most
@@ -40,6 +42,14 @@
 //	wslimit_buckets{rule}                        gauge     token buckets tracked (Options.Store)
 //	wslimit_bucket_evictions_total{rule}         counter   buckets dropped before refilling (Options.Store)
 //	wslimit_store_errors_total                   counter   failed store calls (Options.StoreErrors)
+//	wslimit_store_breaker_open                   gauge     1 while the breaker is open (Options.Health)
+//	wslimit_store_synced                         gauge     1 while this instance's slots are registered (Options.Health)
+//	wslimit_store_instances                      gauge     live instances sharing the store (Options.Health)
+//	wslimit_store_call_seconds                   histogram store call latency (Options.Health)
+//	wslimit_store_call_errors_total{kind}        counter   failed store calls by kind (Options.Health)
+//	wslimit_store_degraded_decisions_total{on_error} counter admissions decided by on_error (Options.Health)
+//	wslimit_store_leases_lost_total              counter   live slots found missing from the store (Options.Health)
+//	wslimit_store_leases_registered_total        counter   live slots written to the store again (Options.Health)
 //
 // Reasons are those of policy.Reason: connections, rate, table_full,
 // missing_identity, store_error. A decision counts under exactly one

@@ -53,10 +53,15 @@ type Options struct {
 	// StoreErrors, when set, is read at every scrape as the store error
 	// counter; for a Redis store pass
 	//
-	//	func() uint64 { return s.Stats().Errors }
+	//	func() uint64 { return s.Snapshot().Errors }
 	//
 	// It must be monotonic and safe for concurrent use.
 	StoreErrors func() uint64
+	// Health, when set, is read at every scrape for the store health
+	// metrics (breaker, call latency, errors by kind, degraded decisions,
+	// leases lost and registered again, instances); a redisstore.Store
+	// implements it. It must be cheap and safe for concurrent use.
+	Health policy.HealthReporter
 }
 
 // Observer exports a Limiter's decisions as Prometheus metrics. It
@@ -79,6 +84,8 @@ type Observer struct {
 	bucketsDesc *prometheus.Desc
 	evictDesc   *prometheus.Desc
 	errorsDesc  *prometheus.Desc
+	health      policy.HealthReporter
+	hd          healthDescs
 
 	// rules caches each rule's metric children, so that the hot path
 	// neither builds label slices nor hashes label values: a copy-on-write
@@ -181,6 +188,8 @@ func New(opts Options) *Observer {
 			"Token buckets dropped before they had refilled, by rule (rising: max_keys too small).", []string{"rule"}, cl),
 		errorsDesc: prometheus.NewDesc(prometheus.BuildFQName(ns, "", "store_errors_total"),
 			"Failed store calls (errors and timeouts).", nil, cl),
+		health: opts.Health,
+		hd:     newHealthDescs(ns, cl),
 	}
 	o.byResult[idxAdmitted] = o.decisions.WithLabelValues(ResultAdmitted)
 	o.byResult[idxRejected] = o.decisions.WithLabelValues(ResultRejected)
@@ -291,6 +300,9 @@ func (o *Observer) Describe(ch chan<- *prometheus.Desc) {
 	if o.storeErrors != nil {
 		ch <- o.errorsDesc
 	}
+	if o.health != nil {
+		o.hd.describe(ch)
+	}
 }
 
 // Collect sends the current values; the store's gauges and counters are
@@ -313,5 +325,8 @@ func (o *Observer) Collect(ch chan<- prometheus.Metric) {
 	}
 	if o.storeErrors != nil {
 		ch <- prometheus.MustNewConstMetric(o.errorsDesc, prometheus.CounterValue, float64(o.storeErrors()))
+	}
+	if o.health != nil {
+		o.hd.collect(ch, o.health.Health())
 	}
 }

@@ -85,7 +85,7 @@ func BenchmarkAdmitVsPing(b *testing.B) {
 							b.ReportMetric(nsop/pingNS, "ping-ratio")
 							b.ReportMetric(nsop/pingNS/trips, "pings/roundtrip")
 						}
-						if st := s.Stats(); st.Degraded != 0 {
+						if st := s.Snapshot(); st.Degraded != 0 {
 							b.Fatalf("degraded during the benchmark: %+v", st)
 						}
 					})

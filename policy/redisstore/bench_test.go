@@ -62,7 +62,7 @@ func BenchmarkAdmitRelease(b *testing.B) {
 				}
 				b.StopTimer()
 				b.ReportMetric(float64(hook.n.Load())/float64(b.N), "roundtrips/op")
-				if st := s.Stats(); st.Degraded != 0 {
+				if st := s.Snapshot(); st.Degraded != 0 {
 					b.Fatalf("degraded during the benchmark: %+v", st)
 				}
 			})

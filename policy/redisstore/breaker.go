@@ -82,6 +82,18 @@ func (b *breaker) failure(now time.Time) (opened bool) {
 	}
 }
 
+// trip opens the breaker at now whatever the count: a failure confirmed
+// by a second call. It reports whether the breaker was closed or probing.
+func (b *breaker) trip(now time.Time) (opened bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == open {
+		return false
+	}
+	b.state, b.until, b.fails = open, now.Add(b.cooldown), 0
+	return true
+}
+
 // abandon records a call that ended without telling whether Redis works
 // (the caller's context was cancelled). A probe hands its turn on: the
 // next call probes at once.

@@ -17,7 +17,9 @@ import (
 // FromConfig builds a Store from a policy's state.redis section: one
 // address is a single node, several addresses with master_name are
 // Sentinel, several without are Redis Cluster (which needs a hash tag in the
-// prefix). Credentials are read from the environment variables the config
+// prefix). One address that turns out to be a Cluster node is used with the
+// cluster client when the prefix has a hash tag, and is an error naming the
+// fix when it has not. Credentials are read from the environment variables the config
 // names; a named variable that is not set is an error. fallback is the
 // in-memory store used by on_error local (it may be nil for allow and
 // deny). The Store owns the client it builds and closes it on Close.
@@ -49,6 +51,13 @@ func FromConfig(ctx context.Context, cfg policy.RedisConfig, fallback policy.Sto
 	}
 	client := redis.NewUniversalClient(uo)
 	s, err := New(ctx, client, opts)
+	if errors.Is(err, errClusterNode) && hasHashTag(opts.Prefix) {
+		// One address of a Cluster node: the cluster client finds the
+		// others from it.
+		_ = client.Close()
+		client = redis.NewClusterClient(uo.Cluster())
+		s, err = New(ctx, client, opts)
+	}
 	if err != nil {
 		_ = client.Close()
 		return nil, err

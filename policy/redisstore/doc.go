@@ -46,23 +46,41 @@
 // dead Redis does not cost every handshake its timeout; then one probe call
 // tries Redis, and its success closes the breaker.
 //
-// Connections admitted by OnError while Redis was unreachable are still
-// tracked: when Redis answers again the refresher adds them to their lease
-// sets if the caps have room, so they count from then on. Releases that
-// could not reach Redis are kept (up to 65536) and sent with the next
-// refresh; whatever is lost expires by TTL anyway. An admission that timed
-// out may still have run in Redis: its member is released the same way.
+// A timeout counts towards the breaker only when a PING with a longer
+// budget fails too (a loaded client host makes calls late with a healthy
+// Redis), and calls wait for a pooled connection outside their budget: a
+// queue longer than the pool is an overload decided by OnError, not a
+// Redis failure.
+//
+// Recovery never admits past a cap. Redis holds an epoch id and a sequence
+// counter that every admission checks: when Redis lost data (restarted
+// empty, flushed, failed over to a replica that missed writes), or after
+// the breaker opened, the instance first registers every live lease again,
+// whatever the caps, in one sync round trip, and only then lets Redis
+// decide; while the other instances have not done the same, a cap already
+// reached is refused and anything else goes to OnError. FailLocal admits
+// this instance's share of each limit: the limit divided by the live
+// instances of a heartbeat registry in Redis, less what this instance
+// already holds. Releases that could not reach Redis are kept (up to 65536)
+// and sent with the next sync; an admission that timed out may still have
+// run in Redis, and its member is released the same way.
+//
+// Shutdown stops admitting and removes every live lease in one round trip,
+// so that other instances get the capacity at once.
 //
 // Admit returns an error only when its context ends before Redis answers,
-// when the Fallback store fails, or after Close (ErrClosed). Stats exposes
-// the failure counters and the breaker state for metrics.
+// when the Fallback store fails, or after Close or Shutdown (ErrClosed).
+// Snapshot and Health (policy.HealthReporter) expose the failure counters
+// and the breaker state for metrics; the Store is a policy.Inspector whose
+// figures are read from Redis on demand, bounded in keys and time.
 //
 // # Concurrency
 //
 // A Store is safe for concurrent use by any number of goroutines. Each
 // Store runs one background goroutine, the lease refresher, which Close
-// stops. Close does not release live leases (their connections may still be
-// open); like a crash, it leaves them to expire after LeaseTTL. Several
+// stops, and a sync may run on a goroutine of its own. Close does not
+// release live leases (their connections may still be open); like a crash,
+// it leaves them to expire after LeaseTTL. Shutdown releases them. Several
 // Stores may share one Redis and prefix: that is the point. Lease members
 // stay distinct because every Store adds a random part to its InstanceID.
 package redisstore

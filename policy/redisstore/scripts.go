@@ -14,15 +14,25 @@ import "github.com/redis/go-redis/v9"
 
 // admitSrc checks every claim, then commits all of them or none.
 //
-// KEYS: for claim i (1-based), KEYS[2i-1] is its lease ZSET and KEYS[2i] its
-// bucket STRING.
-// ARGV[1]: the lease member; ARGV[2]: lease TTL in ms; then for claim i,
-// ARGV[3i] = connection cap (0: none), ARGV[3i+1] = tokens per ms (0: no
-// bucket), ARGV[3i+2] = burst.
+// KEYS[1] is the epoch string, KEYS[2] the sequence counter, KEYS[3] the
+// set of instances that registered their leases during a recovery (see
+// syncSrc); then for claim i (1-based), KEYS[2i+2] is its lease ZSET and
+// KEYS[2i+3] its bucket STRING.
+// ARGV[1]: the lease member; ARGV[2]: lease TTL in ms; ARGV[3]: the epoch
+// this instance registered its leases under; ARGV[4]: the highest sequence
+// number it has seen; ARGV[5]: its instance id; then for claim i,
+// ARGV[3i+3] = connection cap (0: none), ARGV[3i+4] = tokens per ms (0: no
+// bucket), ARGV[3i+5] = burst.
 //
-// Returns {1} when admitted, or {0, i, reason, retry_ms} naming the first
-// claim refused: reason 1 = connection cap, 2 = rate (retry_ms is the time
-// until the bucket holds one token, -1 when never).
+// Returns {1, seq} when admitted, {0, i, reason, retry_ms, seq} naming the
+// first claim refused (reason 1 = connection cap, 2 = rate; retry_ms is the
+// time until the bucket holds one token, -1 when never), {2} when this
+// instance must register its leases again before Redis can decide (the
+// epoch is not the one it registered under, or the sequence went back: Redis
+// lost data), and {3, seq} when Redis is recovering from a data loss, this
+// instance has registered again but others may not have, and no cap is
+// reached by the leases registered so far: the counts are a lower bound, so
+// only a refusal is certain.
 //
 // Every redis.call costs Redis about half a microsecond to a microsecond,
 // and so does every number Lua hands Redis as an argument (it is formatted
@@ -53,29 +63,62 @@ if redis.replicate_commands then redis.replicate_commands() end
 local member = ARGV[1]
 local ttls = ARGV[2]
 local ttl = tonumber(ttls)
-local n = #KEYS / 2
+local n = (#KEYS - 3) / 2
 local gt = redis.REDIS_VERSION_NUM ~= nil
+
+-- The epoch, "<id>" or "<id> <recovery end ms> <expected>" (see syncSrc).
+local ev = redis.call('GET', KEYS[1])
+if not ev then return {2} end
+local sp = string.find(ev, ' ', 1, true)
+local untl = nil
+if sp then
+  if string.sub(ev, 1, sp - 1) ~= ARGV[3] then return {2} end
+  untl = tonumber(string.sub(ev, sp + 1, string.find(ev, ' ', sp + 1, true) - 1))
+elseif ev ~= ARGV[3] then
+  return {2}
+end
+local seq = redis.call('INCR', KEYS[2])
+if seq <= tonumber(ARGV[4]) then return {2} end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = string.format('%d', now + ttl)
+local recovering = untl ~= nil and now < untl
+if recovering and redis.call('SISMEMBER', KEYS[3], ARGV[5]) == 0 then return {2} end
 
 local caps, rates, bursts = {}, {}, {}
 local first = 0
 for i = 1, n do
-  caps[i] = tonumber(ARGV[3*i])
-  rates[i] = tonumber(ARGV[3*i+1])
-  bursts[i] = tonumber(ARGV[3*i+2])
+  caps[i] = tonumber(ARGV[3*i+3])
+  rates[i] = tonumber(ARGV[3*i+4])
+  bursts[i] = tonumber(ARGV[3*i+5])
   if first == 0 and caps[i] > 0 then first = i end
+end
+
+-- Recovering: a cap reached by what is registered is reached for certain;
+-- anything else waits for the other instances (the caller retries, then
+-- applies on_error).
+if recovering then
+  for i = 1, n do
+    local cap = caps[i]
+    if cap > 0 then
+      local ck = KEYS[2*i+2]
+      local card = redis.call('ZCARD', ck)
+      if card >= cap then card = card - redis.call('ZREMRANGEBYSCORE', ck, '-inf', now) end
+      if card >= cap then return {0, i, 1, 0, seq} end
+    end
+  end
+  return {3, seq}
 end
 
 -- The first lease goes in now; a member already there is a retry of an
 -- admission that committed.
-if first > 0 and redis.call('ZADD', KEYS[2*first-1], 'NX', exp, member) == 0 then
-  return {1}
+if first > 0 and redis.call('ZADD', KEYS[2*first+2], 'NX', exp, member) == 0 then
+  return {1, seq}
 end
 local function refuse(i, reason, retry)
-  if first > 0 then redis.call('ZREM', KEYS[2*first-1], member) end
-  return {0, i, reason, retry}
+  if first > 0 then redis.call('ZREM', KEYS[2*first+2], member) end
+  return {0, i, reason, retry, seq}
 end
 
 -- Check every claim; nothing below writes state that a refusal must undo
@@ -86,7 +129,7 @@ local cards, tokens = {}, {}
 for i = 1, n do
   local cap = caps[i]
   if cap > 0 then
-    local ck = KEYS[2*i-1]
+    local ck = KEYS[2*i+2]
     local card = redis.call('ZCARD', ck)
     if i == first then card = card - 1 end
     -- Expired leases still count in ZCARD, so a set below its cap has room
@@ -102,7 +145,7 @@ for i = 1, n do
     local burst = bursts[i]
     if burst < 1 then return refuse(i, 2, -1) end
     local tk = burst
-    local v = redis.call('GET', KEYS[2*i])
+    local v = redis.call('GET', KEYS[2*i+3])
     if v then
       local sp = string.find(v, ' ', 1, true)
       local el = now - tonumber(string.sub(v, sp + 1))
@@ -118,7 +161,7 @@ end
 for i = 1, n do
   local card = cards[i]
   if card then
-    local ck = KEYS[2*i-1]
+    local ck = KEYS[2*i+2]
     if i ~= first then redis.call('ZADD', ck, exp, member) end
     if card == 0 then
       redis.call('PEXPIRE', ck, ttls)
@@ -143,10 +186,10 @@ for i = 1, n do
     -- is the same as none.
     local full = math.ceil((bursts[i] - tk) / rate)
     if full < 1 then full = 1 end
-    redis.call('SET', KEYS[2*i], string.format('%.17g %d', tk, now), 'PX', full)
+    redis.call('SET', KEYS[2*i+3], string.format('%.17g %d', tk, now), 'PX', full)
   end
 end
-return {1}
+return {1, seq}
 `
 
 // releaseSrc removes lease members: KEYS[i] loses member ARGV[i]. An empty
@@ -160,42 +203,36 @@ end
 return n
 `
 
-// refreshSrc renews leases.
+// refreshSrc registers leases: it renews the members still present and
+// adds back the missing ones, whatever the caps. A missing member is a
+// live connection Redis no longer counts (its lease expired while Redis was
+// unreachable, Redis lost data, or it was admitted under on_error): counting
+// it again, even past the cap, makes Redis refuse until the real count is
+// below the cap, rather than admit on top of connections it cannot see.
 //
 // KEYS: lease ZSETs. ARGV[1]: lease TTL in ms; then for each key in order:
-// its cap, the number m of members, and the m members.
+// the number m of members, and the m members.
 //
-// A member still present gets a new expiry. A member that is gone (its lease
-// expired while Redis was unreachable, or it was admitted under on_error
-// while Redis was down) is added back only if the cap has room; otherwise it
-// is counted as lost. Returns {lost, key, readded member, key, member, ...}.
+// Returns {key, added member, key, member, ...}.
 const refreshSrc = `
 if redis.replicate_commands then redis.replicate_commands() end
 local ttl = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = now + ttl
-local out = {0}
+local out = {}
 local j = 2
 for i = 1, #KEYS do
   local k = KEYS[i]
-  local cap = tonumber(ARGV[j])
-  local m = tonumber(ARGV[j+1])
-  j = j + 2
+  local m = tonumber(ARGV[j])
+  j = j + 1
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
-  local card = redis.call('ZCARD', k)
   for x = 1, m do
     local mem = ARGV[j]
     j = j + 1
-    if redis.call('ZSCORE', k, mem) then
-      redis.call('ZADD', k, exp, mem)
-    elseif card < cap then
-      redis.call('ZADD', k, exp, mem)
-      card = card + 1
+    if redis.call('ZADD', k, exp, mem) == 1 then
       out[#out+1] = k
       out[#out+1] = mem
-    else
-      out[1] = out[1] + 1
     end
   end
   local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
@@ -204,10 +241,101 @@ end
 return out
 `
 
+// syncSrc opens every sync of an instance (see Store.sync): it checks the
+// epoch, heartbeats the instance registry and tracks a recovery. The lease
+// registration (refreshSrc) follows in the same pipeline.
+//
+// The epoch is a random id under which instances register their leases. It
+// changes only when its key is gone, which means Redis lost its data
+// (restarted empty, flushed): an instance that registered under another
+// epoch, or that sees the sequence counter at or below a number it has seen
+// (a failover to a replica that missed writes), knows that its leases may
+// be gone. It then starts a recovery: for a grace period, or until as many
+// instances as it knew of have registered their leases again, admissions
+// refuse what the registered leases already fill and leave the rest to
+// on_error (see admitSrc). The epoch value is "<id>" or, while recovering,
+// "<id> <recovery end ms> <instances expected>".
+//
+// KEYS[1] epoch, KEYS[2] sequence, KEYS[3] the instances registered during
+// the recovery, KEYS[4] the instance registry (a ZSET of instance ids
+// scored by their heartbeat's expiry).
+// ARGV[1] the caller's epoch ("" before its first sync), ARGV[2] the highest
+// sequence it has seen, ARGV[3] a new epoch id in case there is none,
+// ARGV[4] its instance id, ARGV[5] the heartbeat TTL in ms, ARGV[6] the
+// recovery grace in ms, ARGV[7] the instances it knew of, ARGV[8] the TTL of
+// the epoch and sequence keys in ms (renewed by every sync), ARGV[9] "1" when
+// the instance leaves the registry (shutdown), ARGV[10] "1" when the caller
+// could not reach Redis for a while (its breaker opened, or its leases may
+// have expired): the others' leases may have expired too, so it starts a
+// recovery as after a loss.
+//
+// Returns {epoch, sequence, live instances, data lost (0/1), recovering (0/1)}.
+const syncSrc = `
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine, inst, meta = ARGV[1], ARGV[4], ARGV[8]
+local ev = redis.call('GET', KEYS[1])
+local e, untl, expct = ev, nil, 0
+if ev then
+  local a = string.find(ev, ' ', 1, true)
+  if a then
+    local b = string.find(ev, ' ', a + 1, true)
+    e = string.sub(ev, 1, a - 1)
+    untl = tonumber(string.sub(ev, a + 1, b - 1))
+    expct = tonumber(string.sub(ev, b + 1))
+    if now >= untl then untl = nil end
+  end
+end
+local seq = redis.call('INCR', KEYS[2])
+local lost = 0
+if not e then
+  e = ARGV[3]
+  if mine ~= '' then lost = 1 end
+elseif mine ~= '' and (e ~= mine or seq <= tonumber(ARGV[2])) then
+  lost = 1
+end
+if (lost == 1 or ARGV[10] == '1') and not untl then
+  untl = now + tonumber(ARGV[6])
+  expct = tonumber(ARGV[7])
+  redis.call('DEL', KEYS[3])
+end
+
+if ARGV[9] == '1' then
+  redis.call('ZREM', KEYS[4], inst)
+else
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), inst)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local live = redis.call('ZCARD', KEYS[4])
+local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', KEYS[4], last[2]) end
+
+if untl then
+  -- An instance new to this epoch registers nothing that was lost: it
+  -- counts on both sides.
+  if redis.call('SADD', KEYS[3], inst) == 1 and mine == '' then expct = expct + 1 end
+  redis.call('PEXPIREAT', KEYS[3], untl)
+  if redis.call('SCARD', KEYS[3]) >= expct then
+    untl = nil
+    redis.call('DEL', KEYS[3])
+  end
+end
+if untl then
+  redis.call('SET', KEYS[1], e .. ' ' .. string.format('%d', untl) .. ' ' .. string.format('%d', expct), 'PX', meta)
+else
+  redis.call('SET', KEYS[1], e, 'PX', meta)
+end
+redis.call('PEXPIRE', KEYS[2], meta)
+local rec = 0
+if untl then rec = 1 end
+return {e, seq, live, lost, rec}
+`
+
 // scripts are the compiled scripts; redis.Script caches the SHA so calls go
 // out as EVALSHA, falling back to EVAL when the server lost its cache.
 type scripts struct {
-	admit, release, refresh *redis.Script
+	admit, release, refresh, sync *redis.Script
 }
 
 func newScripts() scripts {
@@ -215,5 +343,6 @@ func newScripts() scripts {
 		admit:   redis.NewScript(admitSrc),
 		release: redis.NewScript(releaseSrc),
 		refresh: redis.NewScript(refreshSrc),
+		sync:    redis.NewScript(syncSrc),
 	}
 }

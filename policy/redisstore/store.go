@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,14 @@ const (
 	DefaultBreakerCooldown = time.Second
 )
 
+// maxResyncs bounds the syncs one admission waits for when the script
+// keeps finding a new epoch; maxRecoveryWaits bounds its retries while
+// Redis recovers from a data loss.
+const (
+	maxResyncs       = 2
+	maxRecoveryWaits = 4
+)
+
 // maxPending bounds the releases kept for retry while Redis is unreachable;
 // beyond it a release is dropped and its lease left to expire by TTL.
 const maxPending = 1 << 16
@@ -48,8 +57,10 @@ type FailMode uint8
 
 // The failure modes, as written in the policy's on_error.
 const (
-	// FailLocal delegates the admission to Options.Fallback, an in-memory
-	// store with the same policy: limits hold per instance.
+	// FailLocal admits within this instance's share of each limit: a cap
+	// divided by the live instances (rounded up) less the leases this
+	// instance holds under it, and a bucket's rate and burst divided the
+	// same way (through Options.Fallback).
 	FailLocal FailMode = iota
 	// FailAllow admits without limits.
 	FailAllow
@@ -96,17 +107,21 @@ type Options struct {
 	// RefreshInterval is how often live leases are renewed, all in one
 	// round trip (default LeaseTTL/3; must be below LeaseTTL).
 	RefreshInterval time.Duration
-	// Timeout bounds each Admit and Release call to Redis (default 50ms).
-	// A refresh gets max(Timeout, RefreshInterval/2).
+	// Timeout bounds each Admit and Release call to Redis (default 50ms),
+	// from when it has a pooled connection; waiting for one is bounded by
+	// Timeout too. A sync (refresh) gets max(Timeout, RefreshInterval/2).
 	Timeout time.Duration
 	// OnError says what Admit does when Redis cannot decide (default
 	// FailLocal).
 	OnError FailMode
-	// Fallback is the in-memory store used by FailLocal; required then.
-	// The Store does not close it.
+	// Fallback is the in-memory store used by FailLocal for buckets, given
+	// this instance's share of each rate and burst (caps are shared out by
+	// the Store itself); required then. The Store does not close it.
 	Fallback policy.Store
 	// BreakerFailures is the number of consecutive failed calls that open
-	// the circuit breaker (default 3).
+	// the circuit breaker (default 3). A timeout counts only when a PING
+	// with a budget of max(2×Timeout, 250ms) fails too; then it opens the
+	// breaker at once.
 	BreakerFailures int
 	// BreakerCooldown is how long the open breaker applies OnError without
 	// calling Redis before one probe call tries again (default 1s).
@@ -130,15 +145,24 @@ type Stats struct {
 	Errors uint64
 	// Degraded counts admissions decided by OnError instead of Redis.
 	Degraded uint64
-	// Lost is the number of live leases the last refresh found expired with
-	// no room left to take their slot back (Redis was unreachable for longer
-	// than LeaseTTL, and others took the slots). Later refreshes keep trying.
-	Lost int
+	// Lost counts live leases that a sync found missing from Redis after
+	// they had been there (Redis lost data, or they expired while Redis was
+	// unreachable). Each was registered again at once.
+	Lost uint64
+	// Registered counts leases a sync added to Redis: the lost ones and
+	// those admitted under OnError while Redis could not decide.
+	Registered uint64
 	// Dropped counts releases given up because too many were pending; their
 	// slots free themselves after LeaseTTL.
 	Dropped uint64
+	// Instances is the number of live instances in the registry at the last
+	// sync (at least 1): the divisor of the local fallback's shares.
+	Instances int
 	// BreakerOpen reports whether calls currently skip Redis.
 	BreakerOpen bool
+	// Synced reports whether this instance's live leases are registered
+	// under Redis's current epoch, so that Redis may decide admissions.
+	Synced bool
 }
 
 // Store is a policy.Store whose counters and buckets live in Redis, shared
@@ -152,39 +176,64 @@ type Store struct {
 	ttlMS    int64
 	interval time.Duration
 	timeout  time.Duration
-	budget   time.Duration // refresh timeout
+	budget   time.Duration // sync (refresh) timeout
+	confirm  time.Duration // budget of the PING that confirms a timeout
+	grace    time.Duration // recovery grace after a data loss
 	onError  FailMode
 	fallback policy.Store
 	instance string
 	log      *slog.Logger
 	br       breaker
+	slots    chan struct{} // one per pooled connection: calls queue here, outside their budget
 
 	nextID                  atomic.Uint64
 	errs, degraded, dropped atomic.Uint64
-	lost                    atomic.Int64
-	mu                      sync.Mutex
-	leases                  map[uint64]*lease // live leases with slots
-	pending                 []slot            // releases to retry
-	closed                  atomic.Bool
-	ctx                     context.Context // cancelled by Close
-	cancel                  context.CancelFunc
-	done                    chan struct{} // closed when the refresher exits
-	closeOnce               sync.Once
-	closeErr                error
+	lostN, registeredN      atomic.Uint64
+	byKind                  [numKinds]atomic.Uint64
+	lat                     latency
+	logs                    eventLog
+	confirming              atomic.Bool
+	inflight                atomic.Int64 // Admit and Release calls under way (Shutdown waits)
+
+	mu      sync.Mutex
+	leases  map[uint64]*lease // live leases with slots
+	held    map[string]int    // live leases of this instance per lease set
+	pending []slot            // releases to retry
+
+	emu      sync.Mutex
+	ep       epochState
+	want     atomic.Uint64 // bumped when the leases must be registered again
+	have     atomic.Uint64 // the want value the last successful sync started from
+	lastSync atomic.Int64  // unix ms of the last successful sync
+	outage   atomic.Bool   // Redis was out of reach since the last sync
+	fleet    atomic.Int64  // live instances at the last sync
+	fmu      sync.Mutex
+	flight   *syncFlight // the sync under way, if any
+
+	rules atomic.Pointer[map[string]struct{}] // rule names seen, for Inspector; copy on write
+	insp  inspectCache
+
+	closed    atomic.Bool
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	done      chan struct{} // closed when the refresher exits
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // lease is what the store remembers of one admission holding slots.
 type lease struct {
-	member  string     // "<instance>:<id>", the ZSET member in every lease set
-	conns   []connSlot // the lease sets it belongs to
-	fb      bool       // admitted by the fallback store
-	fbLease policy.Lease
+	member   string     // "<instance>:<id>", the ZSET member in every lease set
+	conns    []connSlot // the lease sets it belongs to
+	inRedis  bool       // Redis admitted it, or a sync registered it
+	fb       bool       // admitted by the fallback store
+	fbLease  policy.Lease
+	fbClaims []policy.Claim // the share claims given to the fallback
 }
 
-// connSlot is one lease set a lease belongs to, with the rule's cap.
+// connSlot is one lease set a lease belongs to.
 type connSlot struct {
 	key string
-	cap int
 }
 
 // slot is one member to remove from one lease set.
@@ -210,22 +259,9 @@ func New(ctx context.Context, client redis.UniversalClient, opts Options) (*Stor
 	if err != nil {
 		return nil, err
 	}
-	var ctxTimeouts, sharded bool
-	switch c := client.(type) {
-	case *redis.Client:
-		ctxTimeouts = c.Options().ContextTimeoutEnabled
-	case *redis.ClusterClient:
-		ctxTimeouts, sharded = c.Options().ContextTimeoutEnabled, true
-	case *redis.Ring:
-		ctxTimeouts, sharded = c.Options().ContextTimeoutEnabled, true
-	default:
-		ctxTimeouts = true // another implementation: cannot tell
-	}
-	if !ctxTimeouts {
-		return nil, errors.New("redisstore: the client must set ContextTimeoutEnabled, or the timeout budget does not hold")
-	}
-	if sharded && !hasHashTag(o.Prefix) {
-		return nil, fmt.Errorf("redisstore: with Redis Cluster the prefix must contain a hash tag such as \"{wslimit}:\" (got %q)", o.Prefix)
+	pool, err := checkClient(client, o.Prefix)
+	if err != nil {
+		return nil, err
 	}
 	s := &Store{
 		client:   client,
@@ -235,25 +271,61 @@ func New(ctx context.Context, client redis.UniversalClient, opts Options) (*Stor
 		interval: o.RefreshInterval,
 		timeout:  o.Timeout,
 		budget:   max(o.Timeout, o.RefreshInterval/2),
+		confirm:  max(2*o.Timeout, minConfirm),
 		onError:  o.OnError,
 		fallback: o.Fallback,
 		instance: o.InstanceID,
 		log:      o.Logger,
 		br:       breaker{threshold: o.BreakerFailures, cooldown: o.BreakerCooldown},
+		slots:    make(chan struct{}, pool),
 		leases:   make(map[uint64]*lease),
+		held:     make(map[string]int),
 		done:     make(chan struct{}),
 	}
+	s.grace = o.RefreshInterval + o.BreakerCooldown + s.budget
+	s.fleet.Store(1)
+	s.want.Store(1) // the first sync registers the epoch
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.start(ctx); err != nil {
 		if refused(err) {
+			s.cancel()
 			return nil, fmt.Errorf("redisstore: loading scripts: %w", err)
 		}
-		s.failed("load scripts", err)
+		if errors.Is(err, errClusterNode) {
+			s.cancel()
+			return nil, err
+		}
+		s.failed("start", err)
 		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: Redis does not answer at start; applying on_error until it does",
 			slog.String("error", err.Error()), slog.String("on_error", s.onError.String()))
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
 	go s.run()
 	return s, nil
+}
+
+// checkClient refuses a client whose socket reads ignore context deadlines,
+// and a sharded client without a hash tag in the prefix. It returns the
+// client's pool size (per node).
+func checkClient(client redis.UniversalClient, prefix string) (pool int, err error) {
+	var ctxTimeouts, sharded bool
+	pool = 10 * runtime.GOMAXPROCS(0) // go-redis's default
+	switch c := client.(type) {
+	case *redis.Client:
+		ctxTimeouts, pool = c.Options().ContextTimeoutEnabled, c.Options().PoolSize
+	case *redis.ClusterClient:
+		ctxTimeouts, sharded, pool = c.Options().ContextTimeoutEnabled, true, c.Options().PoolSize
+	case *redis.Ring:
+		ctxTimeouts, sharded, pool = c.Options().ContextTimeoutEnabled, true, c.Options().PoolSize
+	default:
+		ctxTimeouts = true // another implementation: cannot tell
+	}
+	if !ctxTimeouts {
+		return 0, errors.New("redisstore: the client must set ContextTimeoutEnabled, or the timeout budget does not hold")
+	}
+	if sharded && !hasHashTag(prefix) {
+		return 0, fmt.Errorf("redisstore: with Redis Cluster the prefix must contain a hash tag such as \"{wslimit}:\" (got %q)", prefix)
+	}
+	return max(pool, 1), nil
 }
 
 // refused reports whether err is Redis saying no for good (credentials,
@@ -346,12 +418,15 @@ func (s *Store) start(ctx context.Context) error {
 	if err := s.warm(ctx); err != nil {
 		return err
 	}
-	for _, sc := range []*redis.Script{s.sc.admit, s.sc.release, s.sc.refresh} {
+	if err := s.notClusterNode(ctx); err != nil {
+		return err
+	}
+	for _, sc := range []*redis.Script{s.sc.admit, s.sc.release, s.sc.refresh, s.sc.sync} {
 		if err := sc.Load(ctx, s.client).Err(); err != nil {
 			return err
 		}
 	}
-	return nil
+	return s.syncOnce(ctx, syncRefresh)
 }
 
 // warm holds up to warmConns connections of a single-node (or Sentinel)
@@ -406,12 +481,21 @@ func (s *Store) member(id uint64) string {
 // bucket key expires once its bucket has refilled, and Redis memory is
 // bounded by maxmemory (see docs/operations-redis.md).
 //
-// When Redis fails, times out (Options.Timeout) or the breaker is open,
-// Admit applies Options.OnError and returns no error: FailAllow admits,
-// FailDeny refuses with policy.ReasonStoreError, FailLocal asks the Fallback
-// store. An error is returned only when ctx ends first, when the Fallback
-// fails, or after Close; nothing is held then.
+// Redis decides only once this instance's live leases are registered under
+// Redis's current epoch: after Redis lost data or was unreachable, the
+// first Admit waits (within Options.Timeout) for the sync that registers
+// them again, every one, even past a cap.
+//
+// When Redis fails, times out (Options.Timeout), the breaker is open, or
+// the sync does not finish in time, Admit applies Options.OnError and
+// returns no error: FailAllow admits, FailDeny refuses with
+// policy.ReasonStoreError, FailLocal admits within this instance's share
+// of each limit (see docs/operations-redis.md). An error is returned only
+// when ctx ends first, when the Fallback fails, or after Close or
+// Shutdown; nothing is held then.
 func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim) (policy.Lease, policy.Verdict, error) {
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
 	if s.closed.Load() {
 		return policy.Lease{}, policy.Verdict{}, ErrClosed
 	}
@@ -425,37 +509,34 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 	if !need {
 		return policy.Lease{ID: s.nextID.Add(1)}, policy.Verdict{OK: true}, nil
 	}
+	s.noteRules(claims)
 	if !s.br.allow(time.Now()) {
 		return s.degrade(ctx, now, claims)
 	}
-
-	id := s.nextID.Add(1)
-	rec := &lease{member: s.member(id), conns: make([]connSlot, 0, conns)}
-	keys, args := s.admitArgs(rec, claims)
-
-	cctx, cancel := context.WithTimeout(ctx, s.timeout)
-	res, err := s.sc.admit.Run(cctx, s.client, keys, args...).Int64Slice()
-	cancel()
-	if err == nil && len(res) != 1 && len(res) != 4 {
-		err = fmt.Errorf("unexpected script reply %v", res)
-	}
-	if err != nil {
-		// The script may have run before the reply was lost: take the
-		// member back (its tokens stay spent, which errs toward fewer).
-		s.queueRelease(rec)
-		if ctx.Err() != nil {
-			s.br.abandon(time.Now())
-			return policy.Lease{}, policy.Verdict{}, fmt.Errorf("redisstore: admit: %w", ctx.Err())
-		}
-		s.failed("admit", err)
+	if !s.acquire(ctx) {
+		s.br.abandon(time.Now())
 		return s.degrade(ctx, now, claims)
 	}
-	s.succeeded()
-	if res[0] == 1 {
+	defer s.releaseSlot()
+	id := s.nextID.Add(1)
+	rec := &lease{member: s.member(id), conns: make([]connSlot, 0, conns), inRedis: true}
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	res, ep, err := s.decide(cctx, rec, claims)
+	if err != nil {
+		if ctx.Err() != nil {
+			return policy.Lease{}, policy.Verdict{}, fmt.Errorf("redisstore: admit: %w", ctx.Err())
+		}
+		return s.degrade(ctx, now, claims)
+	}
+	switch res[0] {
+	case 1:
 		if len(rec.conns) > 0 {
-			s.track(id, rec)
+			s.track(id, rec, ep)
 		}
 		return policy.Lease{ID: id}, policy.Verdict{OK: true}, nil
+	case 3:
+		return s.degrade(ctx, now, claims)
 	}
 	v := policy.Verdict{Index: int(res[1]) - 1, Reason: policy.ReasonConnections}
 	if res[2] == 2 {
@@ -467,12 +548,82 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 	return policy.Lease{}, v, nil
 }
 
+// decide runs the admission script until Redis decides: it first waits for
+// a sync when this instance's leases are not registered, registers them
+// again when the script finds Redis lost data, and while Redis recovers
+// from a loss retries (a quarter of the remaining budget apart) for the
+// other instances to register theirs. A reply of 3 left when the budget
+// ends means on_error decides. The caller has passed the breaker; decide
+// reports the outcome to it. It returns the script's reply and the epoch
+// the admission ran under.
+func (s *Store) decide(ctx context.Context, rec *lease, claims []policy.Claim) ([]int64, epochState, error) {
+	keys, args := s.admitArgs(rec, claims)
+	resyncs, waits := 0, 0
+	for {
+		if !s.synced() {
+			if err := s.awaitSync(ctx); err != nil {
+				s.br.abandon(time.Now()) // the sync reports its own outcome
+				return nil, epochState{}, err
+			}
+		}
+		ep := s.epoch()
+		args[2], args[3] = ep.id, ep.seq
+		t0 := time.Now()
+		res, err := s.sc.admit.Run(ctx, s.client, keys, args...).Int64Slice()
+		s.lat.observe(time.Since(t0))
+		if err == nil && !validReply(res) {
+			err = fmt.Errorf("redisstore: unexpected script reply %v", res)
+		}
+		if err != nil {
+			// The script may have run before the reply was lost: take the
+			// member back (its tokens stay spent, which errs toward fewer).
+			s.queueRelease(rec)
+			if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+				s.br.abandon(time.Now())
+			} else {
+				s.failed("admit", err)
+			}
+			return nil, epochState{}, err
+		}
+		s.succeeded()
+		switch res[0] {
+		case 2:
+			s.resyncNeeded("admit")
+			if resyncs++; resyncs <= maxResyncs {
+				continue
+			}
+			return nil, epochState{}, errors.New("redisstore: epoch keeps changing")
+		case 3:
+			if d, ok := ctx.Deadline(); ok && waits < maxRecoveryWaits {
+				waits++
+				time.Sleep(time.Until(d) / 4)
+				continue
+			}
+		}
+		s.sawSeq(ep, res[len(res)-1])
+		return res, ep, nil
+	}
+}
+
+func validReply(res []int64) bool {
+	switch {
+	case len(res) == 1:
+		return res[0] == 2
+	case len(res) == 2:
+		return res[0] == 1 || res[0] == 3
+	default:
+		return len(res) == 5 && res[0] == 0
+	}
+}
+
 // admitArgs returns the KEYS and ARGV of the admission script for claims
-// (see admitSrc) and records in rec the lease sets it will belong to.
+// (see admitSrc) and records in rec the lease sets it will belong to. The
+// epoch and sequence (ARGV[3] and [4]) are filled in by the caller.
 func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, args []any) {
-	keys = make([]string, 0, 2*len(claims))
-	args = make([]any, 0, 2+3*len(claims))
-	args = append(args, rec.member, s.ttlMS)
+	keys = make([]string, 0, 3+2*len(claims))
+	keys = append(keys, s.prefix+"epoch", s.prefix+"seq", s.prefix+"resynced")
+	args = make([]any, 0, 5+3*len(claims))
+	args = append(args, rec.member, s.ttlMS, "", int64(0), s.instance)
 	for i := range claims {
 		c := &claims[i]
 		ck, bk := s.keys(c)
@@ -483,44 +634,10 @@ func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, arg
 		}
 		args = append(args, capN, perMS, burst)
 		if capN > 0 {
-			rec.conns = append(rec.conns, connSlot{key: ck, cap: capN})
+			rec.conns = append(rec.conns, connSlot{key: ck})
 		}
 	}
 	return keys, args
-}
-
-// degrade applies OnError to an admission Redis could not decide.
-func (s *Store) degrade(ctx context.Context, now time.Time, claims []policy.Claim) (policy.Lease, policy.Verdict, error) {
-	s.degraded.Add(1)
-	var fl policy.Lease
-	switch s.onError {
-	case FailDeny:
-		return policy.Lease{}, policy.Verdict{Reason: policy.ReasonStoreError}, nil
-	case FailLocal:
-		l, v, err := s.fallback.Admit(ctx, now, claims)
-		if err != nil {
-			return policy.Lease{}, policy.Verdict{}, fmt.Errorf("redisstore: fallback admit: %w", err)
-		}
-		if !v.OK {
-			return policy.Lease{}, v, nil
-		}
-		fl = l
-	}
-	// Admitted without Redis. The lease is tracked like any other: the
-	// refresher adds it to Redis when Redis answers again, if its caps have
-	// room, so that connections admitted during an outage count afterwards.
-	id := s.nextID.Add(1)
-	rec := &lease{member: s.member(id), fb: s.onError == FailLocal, fbLease: fl}
-	for i := range claims {
-		if c := &claims[i]; c.Conns() > 0 {
-			ck, _ := s.keys(c)
-			rec.conns = append(rec.conns, connSlot{key: ck, cap: c.Conns()})
-		}
-	}
-	if rec.fb || len(rec.conns) > 0 {
-		s.track(id, rec)
-	}
-	return policy.Lease{ID: id}, policy.Verdict{OK: true}, nil
 }
 
 // Release frees the connection slots of an admitted lease, in one round
@@ -536,33 +653,41 @@ func (s *Store) degrade(ctx context.Context, now time.Time, claims []policy.Clai
 // after LeaseTTL, since nothing refreshes it any more. Such failures are not
 // returned (see Stats); an error comes only from the Fallback store.
 func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Claim) error {
-	s.mu.Lock()
-	rec := s.leases[l.ID]
-	delete(s.leases, l.ID)
-	s.mu.Unlock()
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	rec := s.untrack(l.ID)
 	if rec == nil {
 		return nil
 	}
 	var err error
 	if rec.fb {
-		if e := s.fallback.Release(ctx, rec.fbLease, claims); e != nil {
+		if e := s.fallback.Release(ctx, rec.fbLease, rec.fbClaims); e != nil {
 			err = fmt.Errorf("redisstore: fallback release: %w", e)
 		}
 	}
 	if len(rec.conns) == 0 {
 		return err
 	}
+	ctx = context.WithoutCancel(ctx)
 	if !s.br.allow(time.Now()) {
 		s.queueRelease(rec)
 		return err
 	}
+	if !s.acquire(ctx) {
+		s.br.abandon(time.Now())
+		s.queueRelease(rec)
+		return err
+	}
+	defer s.releaseSlot()
 	keys := make([]string, len(rec.conns))
 	args := make([]any, len(rec.conns))
 	for i, c := range rec.conns {
 		keys[i], args[i] = c.key, rec.member
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	t0 := time.Now()
 	rerr := s.sc.release.Run(cctx, s.client, keys, args...).Err()
+	s.lat.observe(time.Since(t0))
 	cancel()
 	if rerr != nil {
 		s.queueRelease(rec)
@@ -575,11 +700,11 @@ func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Cla
 
 // Close stops the lease refresher and makes Admit fail with ErrClosed. It
 // does not release live leases, whose connections may still be open: their
-// slots free themselves after LeaseTTL, as a crashed instance's would.
-// Release them before Close to free the slots at once (Release keeps
-// working after Close while the client is open). Pending releases are sent
-// once more, best effort. Close closes the client only when FromConfig built
-// it, and never closes the Fallback store.
+// slots free themselves after LeaseTTL, as a crashed instance's would (use
+// Shutdown to free them at once). Release keeps working after Close while
+// the client is open. Pending releases are sent once more, best effort.
+// Close closes the client only when FromConfig built it, and never closes
+// the Fallback store.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
@@ -587,7 +712,9 @@ func (s *Store) Close() error {
 		<-s.done
 		if s.br.allow(time.Now()) {
 			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-			s.sync(ctx, false)
+			if err := s.syncOnce(ctx, syncPending); err != nil {
+				s.log.LogAttrs(ctx, slog.LevelDebug, "redisstore: pending releases not sent at close", slog.String("error", err.Error()))
+			}
 			cancel()
 		}
 		if s.own {
@@ -599,8 +726,9 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// Stats returns a snapshot of the store's counters.
-func (s *Store) Stats() Stats {
+// Snapshot returns the store's counters. (Stats, with a rule, is the
+// policy.Inspector method, which reads Redis.)
+func (s *Store) Snapshot() Stats {
 	s.mu.Lock()
 	live, pending := len(s.leases), len(s.pending)
 	s.mu.Unlock()
@@ -609,16 +737,46 @@ func (s *Store) Stats() Stats {
 		Pending:     pending,
 		Errors:      s.errs.Load(),
 		Degraded:    s.degraded.Load(),
-		Lost:        int(s.lost.Load()),
+		Lost:        s.lostN.Load(),
+		Registered:  s.registeredN.Load(),
 		Dropped:     s.dropped.Load(),
+		Instances:   int(s.fleet.Load()),
 		BreakerOpen: s.br.isOpen(),
+		Synced:      s.synced(),
 	}
 }
 
-func (s *Store) track(id uint64, rec *lease) {
+// track records a live lease admitted under epoch ep. An admission that ran
+// under an epoch a sync has since replaced may have committed to the data
+// that was lost, after the sync had read the live leases: the next
+// admission registers them all again first.
+func (s *Store) track(id uint64, rec *lease, ep epochState) {
 	s.mu.Lock()
 	s.leases[id] = rec
+	for _, c := range rec.conns {
+		s.held[c.key]++
+	}
 	s.mu.Unlock()
+	if ep.gen != s.epoch().gen {
+		s.resyncNeeded("admit raced a sync")
+	}
+}
+
+// untrack forgets a live lease and returns it (nil if it was not live).
+func (s *Store) untrack(id uint64) *lease {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec := s.leases[id]
+	if rec == nil {
+		return nil
+	}
+	delete(s.leases, id)
+	for _, c := range rec.conns {
+		if s.held[c.key]--; s.held[c.key] <= 0 {
+			delete(s.held, c.key)
+		}
+	}
+	return rec
 }
 
 // queueRelease keeps the lease's members for removal at the next refresh.
@@ -638,198 +796,27 @@ func (s *Store) queueLocked(sl slot) {
 	s.pending = append(s.pending, sl)
 }
 
-// succeeded and failed report a call's outcome to the breaker and the log.
-func (s *Store) succeeded() {
-	if s.br.success() {
-		s.log.LogAttrs(context.Background(), slog.LevelInfo, "redisstore: Redis answers again; circuit closed")
+// acquire takes one of the pool's connections for a call, waiting at most
+// Options.Timeout: the call's own budget starts once it has a connection,
+// so that a queue of admissions longer than the pool is an overload (the
+// call is not made; on_error decides) rather than timeouts charged to
+// Redis.
+func (s *Store) acquire(ctx context.Context) bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
 	}
-}
-
-func (s *Store) failed(op string, err error) {
-	s.errs.Add(1)
-	if s.br.failure(time.Now()) {
-		s.log.LogAttrs(context.Background(), slog.LevelWarn, "redisstore: circuit open; applying on_error",
-			slog.String("op", op), slog.String("error", err.Error()),
-			slog.String("on_error", s.onError.String()), slog.Duration("cooldown", s.br.cooldown))
-		return
-	}
-	s.log.LogAttrs(context.Background(), slog.LevelDebug, "redisstore: call failed",
-		slog.String("op", op), slog.String("error", err.Error()))
-}
-
-// run refreshes live leases every interval until Close.
-func (s *Store) run() {
-	defer close(s.done)
-	t := time.NewTicker(s.interval)
+	t := time.NewTimer(s.timeout)
 	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-			if !s.br.allow(time.Now()) {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(s.ctx, s.budget)
-			s.sync(ctx, true)
-			cancel()
-		}
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
 	}
+	s.byKind[kindOverload].Add(1)
+	return false
 }
 
-// sync sends, in one round trip, the renewal of every live lease (when
-// refresh is set) and every pending release. The caller has passed the
-// breaker.
-func (s *Store) sync(ctx context.Context, refresh bool) {
-	type group struct {
-		cap     int
-		members []string
-	}
-	var order []string
-	groups := make(map[string]*group)
-	s.mu.Lock()
-	if refresh {
-		for _, rec := range s.leases {
-			for _, c := range rec.conns {
-				g := groups[c.key]
-				if g == nil {
-					g = &group{}
-					groups[c.key] = g
-					order = append(order, c.key)
-				}
-				g.cap = max(g.cap, c.cap)
-				g.members = append(g.members, rec.member)
-			}
-		}
-	}
-	pend := s.pending
-	s.pending = nil
-	s.mu.Unlock()
-	if len(order) == 0 && len(pend) == 0 {
-		s.br.abandon(time.Now()) // no call made; a probe hands its turn on
-		return
-	}
-
-	exec := func(eval bool) ([]*redis.Cmd, error) {
-		run := func(p redis.Pipeliner, sc *redis.Script, keys []string, args []any) *redis.Cmd {
-			if eval {
-				return sc.Eval(ctx, p, keys, args...)
-			}
-			return sc.EvalSha(ctx, p, keys, args...)
-		}
-		p := s.client.Pipeline()
-		var refreshes []*redis.Cmd
-		var keys []string
-		args := []any{s.ttlMS}
-		n := 0
-		flush := func() {
-			if len(keys) > 0 {
-				refreshes = append(refreshes, run(p, s.sc.refresh, keys, args))
-			}
-			keys, args, n = nil, []any{s.ttlMS}, 0
-		}
-		for _, k := range order {
-			g := groups[k]
-			for ms := g.members; len(ms) > 0; {
-				take := min(len(ms), refreshChunk-n)
-				keys = append(keys, k)
-				args = append(args, g.cap, take)
-				for _, m := range ms[:take] {
-					args = append(args, m)
-				}
-				ms, n = ms[take:], n+take
-				if n >= refreshChunk {
-					flush()
-				}
-			}
-		}
-		flush()
-		for rest := pend; len(rest) > 0; {
-			take := min(len(rest), refreshChunk)
-			keys := make([]string, take)
-			args := make([]any, take)
-			for i, sl := range rest[:take] {
-				keys[i], args[i] = sl.key, sl.member
-			}
-			run(p, s.sc.release, keys, args)
-			rest = rest[take:]
-		}
-		_, err := p.Exec(ctx)
-		return refreshes, err
-	}
-	refreshes, err := exec(false)
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		refreshes, err = exec(true) // Redis lost its script cache (restart)
-	}
-	if err != nil {
-		s.mu.Lock()
-		for _, sl := range pend {
-			s.queueLocked(sl)
-		}
-		s.mu.Unlock()
-		if s.ctx.Err() != nil && ctx.Err() != nil {
-			s.br.abandon(time.Now()) // Close cut the call short
-			return
-		}
-		s.failed("refresh", err)
-		return
-	}
-	s.succeeded()
-
-	var lost int64
-	readded := 0
-	s.mu.Lock()
-	for _, c := range refreshes {
-		vals, _ := c.Slice()
-		n, back, stale := s.refreshResultLocked(vals)
-		lost += n
-		readded += back
-		for _, sl := range stale {
-			s.queueLocked(sl)
-		}
-	}
-	s.mu.Unlock()
-	if refresh && s.lost.Swap(lost) != lost && lost > 0 {
-		s.log.LogAttrs(context.Background(), slog.LevelWarn, "redisstore: leases expired and their slots were taken; those connections no longer count",
-			slog.Int64("lost", lost))
-	}
-	if readded > 0 {
-		s.log.LogAttrs(context.Background(), slog.LevelInfo, "redisstore: leases admitted while Redis was unreachable now count in Redis",
-			slog.Int("leases", readded))
-	}
-}
-
-// refreshResultLocked reads one refresh script reply, {lost, key, member,
-// key, member, ...} (see refreshSrc): the number of lost slots, the number
-// of members put back, and those put back for leases that are no longer
-// live (released while the refresh was in flight), which must be taken out
-// again. s.mu is held.
-func (s *Store) refreshResultLocked(vals []any) (lost int64, readded int, stale []slot) {
-	if len(vals) == 0 {
-		return 0, 0, nil
-	}
-	lost, _ = vals[0].(int64)
-	for i := 1; i+1 < len(vals); i += 2 {
-		k, _ := vals[i].(string)
-		m, _ := vals[i+1].(string)
-		readded++
-		if !s.liveLocked(m) {
-			stale = append(stale, slot{key: k, member: m})
-		}
-	}
-	return lost, readded, stale
-}
-
-// liveLocked reports whether member names a live lease of this store.
-func (s *Store) liveLocked(member string) bool {
-	rest, ok := strings.CutPrefix(member, s.instance+":")
-	if !ok {
-		return false
-	}
-	id, err := strconv.ParseUint(rest, 10, 64)
-	if err != nil {
-		return false
-	}
-	_, ok = s.leases[id]
-	return ok
-}
+func (s *Store) releaseSlot() { <-s.slots }

@@ -155,7 +155,7 @@ func hammer(t *testing.T, stores []*Store, workers, tries int, claims []policy.C
 	close(start)
 	wg.Wait()
 	for _, s := range stores {
-		if st := s.Stats(); st.Degraded != 0 || st.Errors != 0 {
+		if st := s.Snapshot(); st.Degraded != 0 || st.Errors != 0 {
 			t.Fatalf("a store failed over during the test: %+v", st)
 		}
 	}
@@ -328,7 +328,7 @@ func TestReleaseExactlyOnce(t *testing.T) {
 	if err := a.Release(ctx, l2, claims); err != nil {
 		t.Fatal(err)
 	}
-	if got := a.Stats().Live; got != 0 {
+	if got := a.Snapshot().Live; got != 0 {
 		t.Fatalf("live leases = %d, want 0", got)
 	}
 }
@@ -746,7 +746,7 @@ func TestLiveCounting(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if st := s.Stats(); st.Live != 0 || st.Pending != 0 || st.Errors != 0 {
+	if st := s.Snapshot(); st.Live != 0 || st.Pending != 0 || st.Errors != 0 {
 		t.Fatalf("stats = %+v, want nothing live, pending or failed", st)
 	}
 }

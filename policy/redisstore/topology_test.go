@@ -22,7 +22,7 @@ func admitCap(t *testing.T, s *Store, claims []policy.Claim) int {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st := s.Stats(); st.Degraded != 0 {
+		if st := s.Snapshot(); st.Degraded != 0 {
 			t.Fatalf("decided without Redis: %+v", st)
 		}
 		if !v.OK {
@@ -67,19 +67,9 @@ func TestSentinel(t *testing.T) {
 // admission in one slot; without one New refuses, rather than fail every
 // multi-rule handshake with CROSSSLOT.
 func TestCluster(t *testing.T) {
-	node := ownServer(t, "", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+	node := clusterNode(t)
 	direct, _ := newClient(t, node.addr)
 	ctx := context.Background()
-	if err := direct.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
-		t.Fatalf("CLUSTER ADDSLOTSRANGE: %v", err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(direct.ClusterInfo(ctx).Val(), "cluster_state:ok") {
-		if time.Now().After(deadline) {
-			t.Fatal("single-node cluster never became ok")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{node.addr}, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { cc.Close() })
 
@@ -100,4 +90,23 @@ func TestCluster(t *testing.T) {
 	if n := admitCap(t, s, claims); n != 3 {
 		t.Fatalf("admitted %d, want 3", n)
 	}
+}
+
+// clusterNode starts a single-node Redis Cluster holding every slot.
+func clusterNode(t *testing.T) *redisServer {
+	t.Helper()
+	node := ownServer(t, "", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+	direct, _ := newClient(t, node.addr)
+	ctx := context.Background()
+	if err := direct.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+		t.Fatalf("CLUSTER ADDSLOTSRANGE: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(direct.ClusterInfo(ctx).Val(), "cluster_state:ok") {
+		if time.Now().After(deadline) {
+			t.Fatal("single-node cluster never became ok")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return node
 }
