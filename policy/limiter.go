@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/keys/identity"
@@ -103,9 +102,7 @@ type Decision struct {
 	// kept.
 	InvalidToken bool
 	// Reason says why.
-	Reason  Reason
-	nclaims uint8 // at most MaxRules
-	held    bool  // Allowed with slots to release
+	Reason Reason
 	// Rule names the rule that refused (or would have).
 	Rule string
 	// RetryAfter is when to try again: the bucket's real refill time for
@@ -117,16 +114,16 @@ type Decision struct {
 	// logs, never a metric label.
 	Identity string
 
-	// The Decision is the one allocation of an admission: 328 bytes (the
-	// 352-byte size class) for policies of up to inlineDecisionClaims
-	// claims, which point at their rule's limits rather than copy them.
 	l        *Limiter
 	p        *Policy
+	claims   []Claim // as given to the store; nil before a store answered
 	lease    Lease
-	spill    *Claim // the first of nclaims claims when they do not fit inline
-	refused  int32  // index+1 in the claims of the refusing claim; 0 for none
+	refused  int  // index+1 in claims of the refusing claim; 0 for none
+	held     bool // Allowed with slots to release
 	released atomic.Bool
-	inline   [inlineDecisionClaims]Claim
+	// buf holds the claims of policies of up to three rules (the common
+	// ip / subnet / global policy), so that a Decision is one allocation.
+	buf [3]Claim
 }
 
 // Key returns the refusing rule's key (or the one that would have refused,
@@ -141,27 +138,6 @@ func (d *Decision) Key() keys.Key {
 		}
 	}
 	return keys.Key{}
-}
-
-// inlineDecisionClaims is how many claims a Decision holds without a
-// second allocation: enough for the common IP / subnet / global policy.
-const inlineDecisionClaims = 3
-
-// claims returns the decision's claims.
-func (d *Decision) claims() []Claim {
-	if d.spill != nil {
-		return unsafe.Slice(d.spill, d.nclaims)
-	}
-	return d.inline[:d.nclaims]
-}
-
-// setClaims records claims: d.inline[:n], or an array of their own for
-// policies of more rules than fit inline.
-func (d *Decision) setClaims(claims []Claim) {
-	d.nclaims = uint8(len(claims))
-	if len(claims) > 0 && &claims[0] != &d.inline[0] {
-		d.spill = &claims[0]
-	}
 }
 
 // Status is the HTTP status for a refused handshake: 401 for a missing
@@ -188,11 +164,10 @@ func (d *Decision) Policy() *Policy { return d.p }
 // the limits that applied, tiers included); false when no claim refused (an
 // admission, a missing identity, a store error).
 func (d *Decision) RefusedClaim() (Claim, bool) {
-	claims := d.claims()
-	if d.refused == 0 || int(d.refused) > len(claims) {
+	if d.refused == 0 || d.refused > len(d.claims) {
 		return Claim{}, false
 	}
-	return claims[d.refused-1], true
+	return d.claims[d.refused-1], true
 }
 
 // Holds reports whether the decision holds slots not yet released.
@@ -206,7 +181,7 @@ func (d *Decision) Release() bool {
 		return false
 	}
 	ctx := context.Background()
-	if err := d.l.store.Release(ctx, d.lease, d.claims()); err != nil && d.l.log != nil {
+	if err := d.l.store.Release(ctx, d.lease, d.claims); err != nil && d.l.log != nil {
 		d.l.log.LogAttrs(ctx, slog.LevelWarn, "wslimit: release failed", slog.String("error", err.Error()))
 	}
 	if d.l.obs != nil {
@@ -222,7 +197,7 @@ func (d *Decision) Claims() []Claim {
 	if !d.held {
 		return nil
 	}
-	return d.claims()
+	return d.claims
 }
 
 // Admit evaluates every rule of the policy for r at once. All or nothing:
@@ -238,10 +213,6 @@ func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
 	return d
 }
 
-// admit is kept lean: its frame sits under the store's for the whole
-// evaluation, on the stack of a connection's fresh goroutine, where every
-// byte brings the next stack growth (a copy of the stack) closer. The work
-// before the store call is in claims, whose frame is gone by then.
 func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	p := l.policy.Load()
 	d := &Decision{l: l, p: p, Allowed: true}
@@ -251,41 +222,38 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	}
 	lease, v, err := l.store.Admit(ctx, l.now(), claims)
 	if err != nil {
-		l.logStoreError(ctx, err)
+		if l.log != nil {
+			l.log.LogAttrs(ctx, slog.LevelError, "wslimit: store failed; refusing", slog.String("error", err.Error()))
+		}
 		d.refuse(p, "", ReasonStoreError, 0)
 		return d
 	}
-	d.setClaims(claims)
+	d.claims = claims
 	if !v.OK {
-		d.refusedBy(p, claims, v)
+		d.refusedBy(p, v)
 		return d
 	}
 	d.lease, d.held = lease, true
 	return d
 }
 
-// refusedBy records the store's refusal. Out of line, like refuse, so that
-// admit's frame stays small.
-//
-//go:noinline
-func (d *Decision) refusedBy(p *Policy, claims []Claim, v Verdict) {
+// refusedBy records the store's refusal v of d's claims.
+func (d *Decision) refusedBy(p *Policy, v Verdict) {
 	if v.Reason == ReasonStoreError {
 		d.refuse(p, "", ReasonStoreError, v.RetryAfter)
 		return
 	}
-	d.refused = int32(v.Index + 1)
+	d.refused = v.Index + 1
 	ra := v.RetryAfter
 	if v.Reason == ReasonConnections {
 		ra = p.capRetryAfter
 	}
-	d.refuse(p, claims[v.Index].Rule(), v.Reason, ra)
+	d.refuse(p, d.claims[v.Index].Rule(), v.Reason, ra)
 }
 
 // collect resolves the client and takes each rule's key from r: the claims
 // to put to the store. false means the decision is already made (an exempt
 // client, or a missing identity that refuses).
-//
-//go:noinline
 func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 	ip, ipErr := p.clientIP.Resolve(r)
 	if ipErr == nil {
@@ -295,31 +263,15 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			return nil, false
 		}
 	}
-	claims := d.inline[:0]
-	if len(p.rules) > len(d.inline) {
-		claims = make([]Claim, 0, len(p.rules)) // the second allocation
+	claims := d.buf[:0]
+	if len(p.rules) > len(d.buf) {
+		claims = make([]Claim, 0, len(p.rules))
 	}
-	var who requestIdentity
-	now := d.l.now
+	who := requestIdentity{p: p, r: r, now: d.l.now, d: d}
 	for i := range p.rules {
 		rule := &p.rules[i]
-		claims = claims[:len(claims)+1]
-		c := &claims[len(claims)-1]
-		// The address keys inline; the others (headers, tokens, cookies)
-		// out of line, in key.
-		ok := ipErr == nil
-		switch rule.Kind {
-		case KeyIP:
-			c.Key = keys.IP(ip)
-		case KeySubnet:
-			c.Key = keys.Subnet(ip, rule.IPv4Prefix, rule.IPv6Prefix)
-		case KeyGlobal:
-			c.Key, ok = keys.Global(), true
-		default:
-			c.Key, ok = p.key(rule, r, &who, now, d)
-		}
+		k, ok := p.key(rule, r, ip, ipErr == nil, &who)
 		if !ok {
-			claims = claims[:len(claims)-1]
 			if rule.RejectMiss {
 				d.refuse(p, rule.Name, ReasonMissing, 0)
 				if !d.WouldReject {
@@ -328,47 +280,29 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			}
 			continue
 		}
-		c.lim = rule.lim
+		c := Claim{Key: k, lim: rule.lim}
 		if rule.Tiers != nil {
-			applyTier(c, rule, &who, p, r, now, d)
+			c.lim = tierOf(rule, &who)
 		}
+		claims = append(claims, c)
 	}
 	return claims, true
 }
 
-// applyTier replaces c's limits by those of the tier its verified claim
-// selects, if any.
-//
-//go:noinline
-func applyTier(c *Claim, rule *Rule, who *requestIdentity, p *Policy, r *http.Request, now func() time.Time, d *Decision) {
-	id, ok := who.get(p, r, now, d)
-	if !ok {
-		return
+// tierOf returns the limits of the tier the request's verified claim
+// selects, or the rule's own.
+func tierOf(rule *Rule, who *requestIdentity) *limits {
+	if id, ok := who.get(); ok {
+		if v, ok := id.Claim(rule.TierClaim); ok {
+			if t, ok := rule.Tiers[v]; ok {
+				return t.lim
+			}
+		}
 	}
-	v, ok := id.Claim(rule.TierClaim)
-	if !ok {
-		return
-	}
-	if t, ok := rule.Tiers[v]; ok {
-		c.lim = t.lim
-	}
+	return rule.lim
 }
 
-// logStoreError is out of line: slog's record would otherwise enlarge
-// admit's frame on every handshake.
-//
-//go:noinline
-func (l *Limiter) logStoreError(ctx context.Context, err error) {
-	if l.log != nil {
-		l.log.LogAttrs(ctx, slog.LevelError, "wslimit: store failed; refusing", slog.String("error", err.Error()))
-	}
-}
-
-// refuse records a refusal; in dry run the decision stays allowed. Out of
-// line, so that its four call sites do not each add their arguments to
-// admit's frame.
-//
-//go:noinline
+// refuse records a refusal; in dry run the decision stays allowed.
 func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Duration) {
 	if d.Rule == "" {
 		d.Rule, d.Reason, d.RetryAfter = rule, reason, retry
@@ -380,46 +314,53 @@ func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Dura
 	d.Allowed = false
 }
 
-// requestIdentity verifies a request's token at most once per admission.
+// requestIdentity verifies a request's token at most once per admission,
+// when a rule first needs it.
 type requestIdentity struct {
+	p   *Policy
+	r   *http.Request
+	now func() time.Time
+	d   *Decision
+
 	done bool
 	ok   bool
 	id   identity.Identity
 }
 
-//go:noinline
-func (w *requestIdentity) get(p *Policy, r *http.Request, now func() time.Time, d *Decision) (identity.Identity, bool) {
+func (w *requestIdentity) get() (identity.Identity, bool) {
 	if w.done {
 		return w.id, w.ok
 	}
 	w.done = true
-	if p.jwt == nil {
+	if w.p.jwt == nil {
 		return w.id, false
 	}
-	id, err := p.jwt.Identify(r, now())
+	id, err := w.p.jwt.Identify(w.r, w.now())
 	if err != nil {
 		if !errors.Is(err, identity.ErrNoToken) {
-			d.InvalidToken = true
+			w.d.InvalidToken = true
 		}
 		return w.id, false
 	}
 	w.id, w.ok = id, true
-	d.Identity = id.Subject
+	w.d.Identity = id.Subject
 	return id, true
 }
 
-// key takes a header, token or cookie rule's key from the request (the
-// address keys are taken in collect); false when it is absent. It is kept
-// out of line so that its locals (hash buffers of header and cookie keys)
-// do not sit in collect's frame.
-//
-//go:noinline
-func (p *Policy) key(rule *Rule, r *http.Request, who *requestIdentity, now func() time.Time, d *Decision) (keys.Key, bool) {
+// key takes rule's key from the request; false when it is absent. ip is the
+// resolved client address, valid when hasIP.
+func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, hasIP bool, who *requestIdentity) (keys.Key, bool) {
 	switch rule.Kind {
+	case KeyIP:
+		return keys.IP(ip), hasIP
+	case KeySubnet:
+		return keys.Subnet(ip, rule.IPv4Prefix, rule.IPv6Prefix), hasIP
+	case KeyGlobal:
+		return keys.Global(), true
 	case KeyHeader:
 		return keys.HeaderValue(r, rule.Param)
 	case KeyJWT:
-		id, ok := who.get(p, r, now, d)
+		id, ok := who.get()
 		if !ok {
 			return keys.Key{}, false
 		}

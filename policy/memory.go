@@ -47,37 +47,7 @@ func NewMemoryStore() *MemoryStore {
 	return s
 }
 
-// inlineClaims is how many claims Admit tracks without allocating.
-const inlineClaims = 4
-
-// ruleState is what the claims of one compiled rule share: the rule's
-// bucket-table bounds, and a memo of the state a MemoryStore keeps for the
-// rule, so the hot path skips the lookup by name. The memo holds one store
-// at a time; a rule used with another store falls back to the lookup.
-type ruleState struct {
-	maxKeys int
-	refuse  bool
-	memo    atomic.Pointer[memoEntry]
-}
-
-type memoEntry struct {
-	store *MemoryStore
-	r     *memRule
-}
-
-// ruleFor returns the state of the rule whose claims share lim.
-func (s *MemoryStore) ruleFor(lim *limits) *memRule {
-	if st := lim.state; st != nil {
-		if e := st.memo.Load(); e != nil && e.store == s {
-			return e.r
-		}
-		r := s.rule(lim.rule)
-		st.memo.Store(&memoEntry{store: s, r: r})
-		return r
-	}
-	return s.rule(lim.rule)
-}
-
+// rule returns the state kept for the named rule, creating it on first use.
 func (s *MemoryStore) rule(name string) *memRule {
 	if r, ok := (*s.rules.Load())[name]; ok {
 		return r
@@ -98,11 +68,10 @@ func (s *MemoryStore) rule(name string) *memRule {
 	return r
 }
 
-// acquire takes a slot for k (hash h) under limit; exact under any
-// interleaving.
-func (r *memRule) acquire(k keys.Key, h uint64, limit int) bool {
+// acquire takes a slot for k under limit; exact under any interleaving.
+func (r *memRule) acquire(k keys.Key, limit int) bool {
 	if k.Kind != keys.KindGlobal {
-		return r.conns.AcquireHash(k, h, limit)
+		return r.conns.Acquire(k, limit)
 	}
 	for {
 		n := r.global.Load()
@@ -115,10 +84,10 @@ func (r *memRule) acquire(k keys.Key, h uint64, limit int) bool {
 	}
 }
 
-// release gives back one of k's slots (hash h); never below zero.
-func (r *memRule) release(k keys.Key, h uint64) bool {
+// release gives back one of k's slots; never below zero.
+func (r *memRule) release(k keys.Key) bool {
 	if k.Kind != keys.KindGlobal {
-		return r.conns.ReleaseHash(k, h)
+		return r.conns.Release(k)
 	}
 	for {
 		n := r.global.Load()
@@ -131,31 +100,22 @@ func (r *memRule) release(k keys.Key, h uint64) bool {
 	}
 }
 
-func (s *MemoryStore) table(r *memRule, lim *limits) *buckets.Table[keys.Key] {
-	want := int64(0)
-	if st := lim.state; st != nil {
-		want = int64(st.maxKeys)
-	}
+// table returns r's bucket table, created or resized to the claim's
+// max_keys.
+func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
+	want := int64(c.MaxKeys())
 	if want <= 0 {
 		want = DefaultMaxKeys
 	}
 	if t := r.buckets.Load(); t != nil && r.maxKeys.Load() == want {
 		return t
 	}
-	return s.newTable(r, lim, want)
-}
-
-// newTable creates or resizes r's bucket table; out of line, so that the
-// hot path's frame stays small.
-//
-//go:noinline
-func (s *MemoryStore) newTable(r *memRule, lim *limits, want int64) *buckets.Table[keys.Key] {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.buckets.Load()
 	switch {
 	case t == nil:
-		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: lim.state != nil && lim.state.refuse}, s.hash)
+		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull()}, s.hash)
 		r.buckets.Store(t)
 	case r.maxKeys.Load() != want:
 		t.Resize(int(want))
@@ -166,91 +126,56 @@ func (s *MemoryStore) newTable(r *memRule, lim *limits, want int64) *buckets.Tab
 
 // Admit grants every claim or none, claim by claim: the connection slot
 // (exact), then the token; any refusal releases the slots and cancels the
-// tokens taken so far. A cancelled token may be restored only partly under contention,
-// which errs toward admitting fewer.
+// tokens taken so far. A cancelled token may be restored only partly under
+// contention, which errs toward admitting fewer.
 func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (Lease, Verdict, error) {
 	if len(claims) > MaxRules {
-		return Lease{}, Verdict{}, tooManyClaims(len(claims))
+		return Lease{}, Verdict{}, fmt.Errorf("policy: %d claims, at most %d", len(claims), MaxRules)
 	}
-	// Small inline arrays keep the frame small (a large frame costs a
-	// goroutine stack growth on a fresh connection's goroutine); policies
-	// with more rules spill to the heap.
-	var (
-		heldBuf [inlineClaims]*memRule
-		resBuf  [inlineClaims]buckets.Reservation
-		held    = heldBuf[:0:inlineClaims]
-		res     = resBuf[:0:inlineClaims]
-	)
-	if len(claims) > inlineClaims {
-		held, res = make([]*memRule, 0, len(claims)), make([]buckets.Reservation, 0, len(claims))
-	}
-	held, res = held[:len(claims)], res[:len(claims)]
+	var buf [4]buckets.Reservation
+	taken := buf[:0] // taken[i] is claims[i]'s token (the zero Reservation for none)
 	for i := range claims {
 		c := &claims[i]
-		if c.lim == nil {
-			c.lim = noLimits // the same as none; read through c below, which keeps the frame small
+		r := s.rule(c.Rule())
+		if c.Conns() > 0 && !r.acquire(c.Key, c.Conns()) {
+			s.undo(now, claims[:i], taken)
+			return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
 		}
-		r := s.ruleFor(c.lim)
-		if c.Key.Kind != keys.KindGlobal || c.lim.limit > 0 {
-			c.hash = s.hash(c.Key) // once, for counter, bucket and Release
-		}
-		if c.lim.conns > 0 {
-			if !r.acquire(c.Key, c.hash, c.lim.conns) {
-				s.undo(now, claims[:i], held[:i], res[:i])
-				return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
-			}
-			held[i] = r
-		}
-		if c.lim.limit > 0 {
-			rv, result := s.table(r, c.lim).ReserveHash(c.hash, now, c.lim.limit, c.lim.burst)
-			if !result.OK {
-				s.undo(now, claims[:i+1], held[:i+1], res[:i])
+		var rv buckets.Reservation
+		if c.Limit() > 0 {
+			var res buckets.Result
+			rv, res = s.table(r, c).Reserve(c.Key, now, c.Limit(), c.Burst())
+			if !res.OK {
+				s.undo(now, claims[:i+1], taken)
 				reason := ReasonRate
-				if result.Full {
+				if res.Full {
 					reason = ReasonTableFull
 				}
-				return Lease{}, Verdict{Index: i, Reason: reason, RetryAfter: result.RetryAfter}, nil
+				return Lease{}, Verdict{Index: i, Reason: reason, RetryAfter: res.RetryAfter}, nil
 			}
-			res[i] = rv
 		}
+		taken = append(taken, rv)
 	}
 	return Lease{}, Verdict{OK: true}, nil
 }
 
-// tooManyClaims is out of line, like undo: the hot path's frame stays small.
-//
-//go:noinline
-func tooManyClaims(n int) error {
-	return fmt.Errorf("policy: %d claims, at most %d", n, MaxRules)
-}
-
-//go:noinline
-func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res []buckets.Reservation) {
+// undo releases the slots of claims and cancels the tokens taken.
+func (s *MemoryStore) undo(now time.Time, claims []Claim, taken []buckets.Reservation) {
 	for i := range claims {
-		if held[i] != nil {
-			held[i].release(claims[i].Key, claims[i].hash)
+		if c := &claims[i]; c.Conns() > 0 {
+			s.rule(c.Rule()).release(c.Key)
 		}
 	}
-	for i := range res {
-		res[i].Cancel(now)
+	for _, rv := range taken {
+		rv.Cancel(now)
 	}
 }
 
 // Release frees the connection slots of an admitted lease.
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
-		c := &claims[i]
-		if c.lim == nil || c.lim.conns <= 0 {
-			continue
-		}
-		r := s.ruleFor(c.lim)
-		// A release finds only an entry stored under the key's true hash
-		// (entries are compared by key), so a stale or missing hash fails
-		// and is computed again; it never frees another key's slot.
-		if !r.release(c.Key, c.hash) && c.Key.Kind != keys.KindGlobal {
-			if h := s.hash(c.Key); h != c.hash {
-				r.release(c.Key, h)
-			}
+		if c := &claims[i]; c.Conns() > 0 {
+			s.rule(c.Rule()).release(c.Key)
 		}
 	}
 	return nil

@@ -13,9 +13,9 @@ import (
 
 // TestMemoryStoreReleaseRehashes checks that Release frees the right slots
 // when the claims it is given did not pass through this store's Admit (a
-// copy made before Admit, or claims admitted by another store): the hash
-// Admit caches in a claim is a shortcut, never a way to miss or free
-// another key's slot.
+// copy made before Admit, or claims admitted by another store): a release
+// finds a slot by its claim's rule and key alone, and never misses or
+// frees another key's slot.
 func TestMemoryStoreReleaseRehashes(t *testing.T) {
 	ctx := context.Background()
 	now := time.Unix(0, 0)
@@ -33,7 +33,7 @@ func TestMemoryStoreReleaseRehashes(t *testing.T) {
 	if _, v, err := s.Admit(ctx, now, fresh(b)); err != nil || !v.OK {
 		t.Fatalf("admit b: %+v %v", v, err)
 	}
-	// Claims hashed by another store's seed: the release must still find a.
+	// Claims admitted by another store: the release must still find a.
 	foreign := fresh(a)
 	if _, v, err := other.Admit(ctx, now, foreign); err != nil || !v.OK {
 		t.Fatalf("admit a in the other store: %+v %v", v, err)
@@ -50,7 +50,7 @@ func TestMemoryStoreReleaseRehashes(t *testing.T) {
 	if n := s.Count("all", keys.Global()); n != 1 {
 		t.Fatalf("global holds %d slots, want 1", n)
 	}
-	// Claims never hashed at all (zero hash).
+	// Claims that never passed through any store.
 	if err := s.Release(ctx, Lease{}, fresh(b)); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,6 @@ func TestMemoryStoreReleaseRehashes(t *testing.T) {
 }
 
 // TestDecisionClaimsBeyondInline admits under policies of one to six rules
-// (the Decision holds three claims inline, more in an array of their own)
 // and checks Claims, the refusing claim and the release of every slot.
 func TestDecisionClaimsBeyondInline(t *testing.T) {
 	ctx := context.Background()

@@ -19,11 +19,6 @@ type Claim struct {
 	Key keys.Key
 
 	lim *limits
-	// hash is Key's hash under the MemoryStore seed, written by its Admit
-	// so that the counter, the bucket table and Release share one
-	// computation. Release checks it: a claim that did not pass through
-	// Admit, or another store's hash, is hashed again.
-	hash uint64
 }
 
 // limits are what the claims of one rule (or one tier of a rule) share.
@@ -36,6 +31,13 @@ type limits struct {
 	// and where a MemoryStore keeps its counters for it); nil for claims
 	// built by NewClaim.
 	state *ruleState
+}
+
+// ruleState is what the claims of one compiled rule share: the rule's
+// bucket-table bounds.
+type ruleState struct {
+	maxKeys int
+	refuse  bool
 }
 
 // noLimits is what a zero Claim reports.

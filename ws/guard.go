@@ -169,10 +169,6 @@ func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 	if !websocket.IsWebSocketUpgrade(r) || !g.checkOrigin(r) {
 		return nil, g.refuseUpgrade(w, r, responseHeader)
 	}
-	// Upgrade's frame sits under every frame of the admission, the deepest
-	// part of a guarded handshake: it is kept small, everything else is in
-	// upgrade, so that the admission more often fits in the stack the
-	// connection's goroutine already has (growing it copies the stack).
 	return g.upgrade(w, r, responseHeader, g.lim.Admit(r.Context(), r))
 }
 
