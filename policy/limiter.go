@@ -248,7 +248,7 @@ func (d *Decision) refusedBy(p *Policy, v Verdict) {
 	if v.Reason == ReasonConnections {
 		ra = p.capRetryAfter
 	}
-	d.refuse(p, d.claims[v.Index].Rule(), v.Reason, ra)
+	d.refuse(p, d.claims[v.Index].Rule, v.Reason, ra)
 }
 
 // collect resolves the client and takes each rule's key from r: the claims
@@ -280,26 +280,27 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			}
 			continue
 		}
-		c := Claim{Key: k, lim: rule.lim}
+		c := rule.claim
 		if rule.Tiers != nil {
-			c.lim = tierOf(rule, &who)
+			c = tierOf(rule, &who)
 		}
+		c.Key = k
 		claims = append(claims, c)
 	}
 	return claims, true
 }
 
-// tierOf returns the limits of the tier the request's verified claim
-// selects, or the rule's own.
-func tierOf(rule *Rule, who *requestIdentity) *limits {
+// tierOf returns the claim (without its key) of the tier the request's
+// verified claim selects, or the rule's own.
+func tierOf(rule *Rule, who *requestIdentity) Claim {
 	if id, ok := who.get(); ok {
 		if v, ok := id.Claim(rule.TierClaim); ok {
 			if t, ok := rule.Tiers[v]; ok {
-				return t.lim
+				return t.claim
 			}
 		}
 	}
-	return rule.lim
+	return rule.claim
 }
 
 // refuse records a refusal; in dry run the decision stays allowed.

@@ -103,7 +103,7 @@ func (r *memRule) release(k keys.Key) bool {
 // table returns r's bucket table, created or resized to the claim's
 // max_keys.
 func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
-	want := int64(c.MaxKeys())
+	want := int64(c.MaxKeys)
 	if want <= 0 {
 		want = DefaultMaxKeys
 	}
@@ -115,7 +115,7 @@ func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 	t := r.buckets.Load()
 	switch {
 	case t == nil:
-		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull()}, s.hash)
+		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull}, s.hash)
 		r.buckets.Store(t)
 	case r.maxKeys.Load() != want:
 		t.Resize(int(want))
@@ -136,15 +136,15 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 	taken := buf[:0] // taken[i] is claims[i]'s token (the zero Reservation for none)
 	for i := range claims {
 		c := &claims[i]
-		r := s.rule(c.Rule())
-		if c.Conns() > 0 && !r.acquire(c.Key, c.Conns()) {
+		r := s.rule(c.Rule)
+		if c.Conns > 0 && !r.acquire(c.Key, c.Conns) {
 			s.undo(now, claims[:i], taken)
 			return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
 		}
 		var rv buckets.Reservation
-		if c.Limit() > 0 {
+		if c.Limit > 0 {
 			var res buckets.Result
-			rv, res = s.table(r, c).Reserve(c.Key, now, c.Limit(), c.Burst())
+			rv, res = s.table(r, c).Reserve(c.Key, now, c.Limit, c.Burst)
 			if !res.OK {
 				s.undo(now, claims[:i+1], taken)
 				reason := ReasonRate
@@ -162,8 +162,8 @@ func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (L
 // undo releases the slots of claims and cancels the tokens taken.
 func (s *MemoryStore) undo(now time.Time, claims []Claim, taken []buckets.Reservation) {
 	for i := range claims {
-		if c := &claims[i]; c.Conns() > 0 {
-			s.rule(c.Rule()).release(c.Key)
+		if c := &claims[i]; c.Conns > 0 {
+			s.rule(c.Rule).release(c.Key)
 		}
 	}
 	for _, rv := range taken {
@@ -174,8 +174,8 @@ func (s *MemoryStore) undo(now time.Time, claims []Claim, taken []buckets.Reserv
 // Release frees the connection slots of an admitted lease.
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
-		if c := &claims[i]; c.Conns() > 0 {
-			s.rule(c.Rule()).release(c.Key)
+		if c := &claims[i]; c.Conns > 0 {
+			s.rule(c.Rule).release(c.Key)
 		}
 	}
 	return nil

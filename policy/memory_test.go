@@ -22,7 +22,7 @@ func TestMemoryStoreReleaseRehashes(t *testing.T) {
 	a := keys.IP(netip.MustParseAddr("192.0.2.1"))
 	b := keys.IP(netip.MustParseAddr("192.0.2.2"))
 	fresh := func(k keys.Key) []Claim {
-		return []Claim{NewClaim("ip", k, 1, 0, 0), NewClaim("all", keys.Global(), 10, 0, 0)}
+		return []Claim{{Rule: "ip", Key: k, Conns: 1}, {Rule: "all", Key: keys.Global(), Conns: 10}}
 	}
 
 	s, other := NewMemoryStore(), NewMemoryStore()
@@ -91,13 +91,13 @@ func TestDecisionClaimsBeyondInline(t *testing.T) {
 			t.Fatalf("%d rules: %d claims", n, len(cl))
 		}
 		for i, c := range cl {
-			if c.Rule() != fmt.Sprintf("r%d", i) || c.Conns() != 2+i || c.Key != keys.IP(netip.MustParseAddr("192.0.2.7")) {
+			if c.Rule != fmt.Sprintf("r%d", i) || c.Conns != 2+i || c.Key != keys.IP(netip.MustParseAddr("192.0.2.7")) {
 				t.Fatalf("%d rules: claim %d = %+v", n, i, c)
 			}
 		}
 		// r0 (cap 2) refuses the third.
 		d3 := l.Admit(ctx, r)
-		if c, ok := d3.RefusedClaim(); d3.Allowed || !ok || c.Rule() != "r0" {
+		if c, ok := d3.RefusedClaim(); d3.Allowed || !ok || c.Rule != "r0" {
 			t.Fatalf("%d rules: third admission %+v, refused claim %+v", n, d3, c)
 		}
 		if k := d3.Key(); k != keys.IP(netip.MustParseAddr("192.0.2.7")) {
@@ -121,16 +121,16 @@ func TestDecisionClaimsBeyondInline(t *testing.T) {
 	}
 }
 
-// TestClaimLimits checks the claim accessors: NewClaim's values, a zero
-// Claim's zeros, and a compiled rule's and tier's limits shared by the
-// claims a Limiter builds.
+// TestClaimLimits checks a claim's limits: a literal's values, a zero
+// Claim's zeros, and a compiled rule's limits in the claims a Limiter
+// builds.
 func TestClaimLimits(t *testing.T) {
-	c := NewClaim("r", keys.String("k"), 3, 2.5, 7)
-	if c.Rule() != "r" || c.Conns() != 3 || c.Limit() != 2.5 || c.Burst() != 7 || c.MaxKeys() != 0 || c.RefuseWhenFull() {
-		t.Fatalf("NewClaim: got %q %d %v %d %d %v", c.Rule(), c.Conns(), c.Limit(), c.Burst(), c.MaxKeys(), c.RefuseWhenFull())
+	c := Claim{Rule: "r", Key: keys.String("k"), Conns: 3, Limit: 2.5, Burst: 7}
+	if c.Rule != "r" || c.Conns != 3 || c.Limit != 2.5 || c.Burst != 7 || c.MaxKeys != 0 || c.RefuseWhenFull {
+		t.Fatalf("Claim literal: got %q %d %v %d %d %v", c.Rule, c.Conns, c.Limit, c.Burst, c.MaxKeys, c.RefuseWhenFull)
 	}
 	var z Claim
-	if z.Rule() != "" || z.Conns() != 0 || z.Limit() != 0 || z.Burst() != 0 || z.MaxKeys() != 0 || z.RefuseWhenFull() {
+	if z.Rule != "" || z.Conns != 0 || z.Limit != 0 || z.Burst != 0 || z.MaxKeys != 0 || z.RefuseWhenFull {
 		t.Fatal("zero Claim reports limits")
 	}
 	// A zero claim limits nothing: the store admits it and releases it.
@@ -158,10 +158,10 @@ rules:
 	if len(got) != 2 {
 		t.Fatalf("claims: %d", len(got))
 	}
-	if c := got[0]; c.Rule() != "per-ip" || c.Conns() != 4 || c.Limit() != 2 || c.Burst() != 3 || c.MaxKeys() != 20 || !c.RefuseWhenFull() {
-		t.Fatalf("per-ip claim: %q %d %v %d %d %v", c.Rule(), c.Conns(), c.Limit(), c.Burst(), c.MaxKeys(), c.RefuseWhenFull())
+	if c := got[0]; c.Rule != "per-ip" || c.Conns != 4 || c.Limit != 2 || c.Burst != 3 || c.MaxKeys != 20 || !c.RefuseWhenFull {
+		t.Fatalf("per-ip claim: %q %d %v %d %d %v", c.Rule, c.Conns, c.Limit, c.Burst, c.MaxKeys, c.RefuseWhenFull)
 	}
-	if c := got[1]; c.Rule() != "per-subnet" || c.Conns() != 9 || c.Limit() != 0 || c.MaxKeys() != 50 {
-		t.Fatalf("per-subnet claim: %q %d %v %d", c.Rule(), c.Conns(), c.Limit(), c.MaxKeys())
+	if c := got[1]; c.Rule != "per-subnet" || c.Conns != 9 || c.Limit != 0 || c.MaxKeys != 50 {
+		t.Fatalf("per-subnet claim: %q %d %v %d", c.Rule, c.Conns, c.Limit, c.MaxKeys)
 	}
 }

@@ -111,7 +111,7 @@ type Rule struct {
 	TierClaim string
 	Tiers     map[string]Tier
 
-	lim *limits // what the rule's claims share
+	claim Claim // the rule's name and limits: its claims without a key
 }
 
 // Tier is a compiled tier: the limits a claim value selects.
@@ -120,7 +120,7 @@ type Tier struct {
 	Limit       rate.Limit
 	Burst       int
 
-	lim *limits // what the tier's claims share
+	claim Claim // the rule's name and the tier's limits
 }
 
 // Policy is a validated, compiled policy. It is immutable and safe for
@@ -307,10 +307,10 @@ func New(cfg Config) (*Policy, error) {
 			r.MaxKeys = maxKeys
 		}
 		r.Refuse = refuse
-		st := &ruleState{maxKeys: r.MaxKeys, refuse: refuse}
-		r.lim = &limits{rule: r.Name, conns: r.Connections, limit: r.Limit, burst: r.Burst, state: st}
+		r.claim = Claim{Rule: r.Name, Conns: r.Connections, Limit: r.Limit, Burst: r.Burst, MaxKeys: r.MaxKeys, RefuseWhenFull: refuse}
 		for name, t := range r.Tiers {
-			t.lim = &limits{rule: r.Name, conns: t.Connections, limit: t.Limit, burst: t.Burst, state: st}
+			t.claim = r.claim
+			t.claim.Conns, t.claim.Limit, t.claim.Burst = t.Connections, t.Limit, t.Burst
 			r.Tiers[name] = t
 		}
 		if r.Kind == KeyCookie {

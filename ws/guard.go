@@ -369,18 +369,18 @@ func SetRateLimitHeaders(h http.Header, d *policy.Decision) {
 	var pol string
 	switch d.Reason {
 	case policy.ReasonRate, policy.ReasonTableFull:
-		if c.Limit() <= 0 {
+		if c.Limit <= 0 {
 			return
 		}
-		w := int(math.Ceil(float64(c.Burst()) / float64(c.Limit())))
-		pol = fmt.Sprintf("%q;q=%d;w=%d", c.Rule(), c.Burst(), max(w, 1))
+		w := int(math.Ceil(float64(c.Burst) / float64(c.Limit)))
+		pol = fmt.Sprintf("%q;q=%d;w=%d", c.Rule, c.Burst, max(w, 1))
 	case policy.ReasonConnections:
-		pol = fmt.Sprintf("%q;q=%d", c.Rule(), c.Conns())
+		pol = fmt.Sprintf("%q;q=%d", c.Rule, c.Conns)
 	default:
 		return
 	}
 	h.Set("RateLimit-Policy", pol)
-	h.Set("RateLimit", fmt.Sprintf("%q;r=0;t=%d", c.Rule(), RetryAfterSeconds(d.RetryAfter)))
+	h.Set("RateLimit", fmt.Sprintf("%q;r=0;t=%d", c.Rule, RetryAfterSeconds(d.RetryAfter)))
 }
 
 // WriteRejection writes the default response for a refused decision:
