@@ -419,7 +419,7 @@ rules:
 		store := heap()
 		perStore = (float64(store) - float64(before) - float64(cap(keep))*float64(reflect.TypeFor[Claim]().Size())) / n
 		for i := 0; i < len(keep); i += 3 {
-			if err := l.Store().Release(ctx, Lease{}, keep[i:i+3]); err != nil {
+			if err := l.store.Release(ctx, Lease{}, keep[i:i+3]); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -16,8 +16,8 @@ import (
 // Options configure a Limiter. The zero value is usable: in-memory state,
 // the wall clock, no logging.
 type Options struct {
-	// Store holds the limiting state; nil means a new MemoryStore, which
-	// the Limiter then owns and closes.
+	// Store holds the limiting state; nil means a new MemoryStore of the
+	// Limiter's own. The Limiter never closes a store: its owner does.
 	Store Store
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -43,12 +43,11 @@ type Observer interface {
 // It is safe for concurrent use; SetPolicy swaps the policy atomically
 // while handshakes are in flight.
 type Limiter struct {
-	policy    atomic.Pointer[Policy]
-	store     Store
-	ownsStore bool
-	now       func() time.Time
-	log       *slog.Logger
-	obs       Observer
+	policy atomic.Pointer[Policy]
+	store  Store
+	now    func() time.Time
+	log    *slog.Logger
+	obs    Observer
 }
 
 // NewLimiter returns a Limiter enforcing p.
@@ -56,7 +55,6 @@ func NewLimiter(p *Policy, opts Options) *Limiter {
 	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger, obs: opts.Observer}
 	if l.store == nil {
 		l.store = NewMemoryStore()
-		l.ownsStore = true
 	}
 	if l.now == nil {
 		l.now = time.Now
@@ -73,17 +71,6 @@ func (l *Limiter) Policy() *Policy { return l.policy.Load() }
 // were admitted under; stores keep state by rule name, so counts carry over
 // to a rule of the same name and a changed cap applies to new handshakes.
 func (l *Limiter) SetPolicy(p *Policy) { l.policy.Store(p) }
-
-// Store returns the limiter's store.
-func (l *Limiter) Store() Store { return l.store }
-
-// Close closes the store if the Limiter created it.
-func (l *Limiter) Close() error {
-	if l.ownsStore {
-		return l.store.Close()
-	}
-	return nil
-}
 
 // Decision is the outcome of one handshake's evaluation. When Allowed, it
 // may hold connection slots: Release frees them, exactly once however often
@@ -126,20 +113,6 @@ type Decision struct {
 	buf [3]Claim
 }
 
-// Key returns the refusing rule's key (or the one that would have refused,
-// in dry run), for logs; the zero Key when no rule's limit refused (an
-// admission, a missing identity, a store error). Never use it as a metric
-// label.
-func (d *Decision) Key() keys.Key {
-	switch d.Reason {
-	case ReasonConnections, ReasonRate, ReasonTableFull:
-		if c, ok := d.RefusedClaim(); ok {
-			return c.Key
-		}
-	}
-	return keys.Key{}
-}
-
 // Status is the HTTP status for a refused handshake: 401 for a missing
 // identity on a rule with on_missing: reject, 503 for a store failure, 429
 // otherwise; 200 when allowed.
@@ -161,8 +134,9 @@ func (d *Decision) Status() int {
 func (d *Decision) Policy() *Policy { return d.p }
 
 // RefusedClaim returns the refusing rule's claim as evaluated (its key and
-// the limits that applied, tiers included); false when no claim refused (an
-// admission, a missing identity, a store error).
+// the limits that applied, tiers included), also in dry run; false when no
+// rule's limit refused (an admission, a missing identity, a store error).
+// Its key is for logs: never use it as a metric label.
 func (d *Decision) RefusedClaim() (Claim, bool) {
 	if d.refused == 0 || d.refused > len(d.claims) {
 		return Claim{}, false
@@ -246,7 +220,7 @@ func (d *Decision) refusedBy(p *Policy, v Verdict) {
 	d.refused = v.Index + 1
 	ra := v.RetryAfter
 	if v.Reason == ReasonConnections {
-		ra = p.capRetryAfter
+		ra = p.reject.CapRetryAfter
 	}
 	d.refuse(p, d.claims[v.Index].Rule, v.Reason, ra)
 }
@@ -258,7 +232,7 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 	ip, ipErr := p.clientIP.Resolve(r)
 	if ipErr == nil {
 		d.ClientIP = ip
-		if p.Exempt(ip) {
+		if p.exempted(ip) {
 			d.Exempt = true
 			return nil, false
 		}
@@ -270,10 +244,10 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 	who := requestIdentity{p: p, r: r, now: d.l.now, d: d}
 	for i := range p.rules {
 		rule := &p.rules[i]
-		k, ok := p.key(rule, r, ip, ipErr == nil, &who)
+		k, ok := rule.key(r, ip, ipErr == nil, &who)
 		if !ok {
-			if rule.RejectMiss {
-				d.refuse(p, rule.Name, ReasonMissing, 0)
+			if rule.rejectMiss {
+				d.refuse(p, rule.claim.Rule, ReasonMissing, 0)
 				if !d.WouldReject {
 					return nil, false
 				}
@@ -281,8 +255,8 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			continue
 		}
 		c := rule.claim
-		if rule.Tiers != nil {
-			c = tierOf(rule, &who)
+		if rule.tiers != nil {
+			c = rule.tier(&who)
 		}
 		c.Key = k
 		claims = append(claims, c)
@@ -290,17 +264,17 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 	return claims, true
 }
 
-// tierOf returns the claim (without its key) of the tier the request's
+// tier returns the claim (without its key) of the tier the request's
 // verified claim selects, or the rule's own.
-func tierOf(rule *Rule, who *requestIdentity) Claim {
+func (ru *rule) tier(who *requestIdentity) Claim {
 	if id, ok := who.get(); ok {
-		if v, ok := id.Claim(rule.TierClaim); ok {
-			if t, ok := rule.Tiers[v]; ok {
-				return t.claim
+		if v, ok := id.Claim(ru.tierClaim); ok {
+			if t, ok := ru.tiers[v]; ok {
+				return t
 			}
 		}
 	}
-	return rule.claim
+	return ru.claim
 }
 
 // refuse records a refusal; in dry run the decision stays allowed.
@@ -348,37 +322,36 @@ func (w *requestIdentity) get() (identity.Identity, bool) {
 	return id, true
 }
 
-// key takes rule's key from the request; false when it is absent. ip is the
-// resolved client address, valid when hasIP.
-func (p *Policy) key(rule *Rule, r *http.Request, ip netip.Addr, hasIP bool, who *requestIdentity) (keys.Key, bool) {
-	switch rule.Kind {
-	case KeyIP:
+// key takes the rule's key from the request; false when it is absent. ip is
+// the resolved client address, valid when hasIP.
+func (ru *rule) key(r *http.Request, ip netip.Addr, hasIP bool, who *requestIdentity) (keys.Key, bool) {
+	switch ru.kind {
+	case keyIP:
 		return keys.IP(ip), hasIP
-	case KeySubnet:
-		return keys.Subnet(ip, rule.IPv4Prefix, rule.IPv6Prefix), hasIP
-	case KeyGlobal:
+	case keySubnet:
+		return keys.Subnet(ip, ru.v4, ru.v6), hasIP
+	case keyGlobal:
 		return keys.Global(), true
-	case KeyHeader:
-		return keys.HeaderValue(r, rule.Param)
-	case KeyJWT:
+	case keyHeader:
+		return keys.HeaderValue(r, ru.param)
+	case keyJWT:
 		id, ok := who.get()
 		if !ok {
 			return keys.Key{}, false
 		}
-		if rule.Param == "" {
+		if ru.param == "" {
 			return id.Key(), true
 		}
-		v, ok := id.Claim(rule.Param)
+		v, ok := id.Claim(ru.param)
 		if !ok || v == "" {
 			return keys.Key{}, false
 		}
 		return keys.BoundedString(v), true
-	case KeyCookie:
-		c := p.cookies[rule.Param]
-		if c == nil {
+	case keyCookie:
+		if ru.cookie == nil {
 			return keys.Key{}, false
 		}
-		return c.Identify(r)
+		return ru.cookie.Identify(r)
 	}
 	return keys.Key{}, false
 }

@@ -69,7 +69,7 @@ rules:
 			if d.ClientIP != want {
 				t.Errorf("client IP = %v, want %v", d.ClientIP, want)
 			}
-			if got := store.Count("per-ip", keys.IP(want)); got != 1 {
+			if got := store.count("per-ip", keys.IP(want)); got != 1 {
 				t.Errorf("slot counted under %v: %d, want 1", want, got)
 			}
 		})
@@ -101,7 +101,7 @@ rules:
 	} else {
 		d.Release()
 	}
-	if got := store.Count("per-64", keys.Subnet(netip.MustParseAddr("2001:db8:1:2::77"), 24, 64)); got != 3 {
+	if got := store.count("per-64", keys.Subnet(netip.MustParseAddr("2001:db8:1:2::77"), 24, 64)); got != 3 {
 		t.Errorf("/64 count = %d, want 3", got)
 	}
 	for _, d := range held {
@@ -154,7 +154,7 @@ rules:
 			if st.Buckets > 10000 {
 				t.Fatalf("after %d keys: %d buckets, bound 10000", i, st.Buckets)
 			}
-			if got := store.Count("per-ip", victimKey); got != 3 {
+			if got := store.count("per-ip", victimKey); got != 3 {
 				t.Fatalf("after %d keys: victim holds %d slots, want 3", i, got)
 			}
 		}

@@ -105,7 +105,7 @@ func (r *memRule) release(k keys.Key) bool {
 func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 	want := int64(c.MaxKeys)
 	if want <= 0 {
-		want = DefaultMaxKeys
+		want = defaultMaxKeys
 	}
 	if t := r.buckets.Load(); t != nil && r.maxKeys.Load() == want {
 		return t
@@ -129,8 +129,8 @@ func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 // tokens taken so far. A cancelled token may be restored only partly under
 // contention, which errs toward admitting fewer.
 func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (Lease, Verdict, error) {
-	if len(claims) > MaxRules {
-		return Lease{}, Verdict{}, fmt.Errorf("policy: %d claims, at most %d", len(claims), MaxRules)
+	if len(claims) > maxRules {
+		return Lease{}, Verdict{}, fmt.Errorf("policy: %d claims, at most %d", len(claims), maxRules)
 	}
 	var buf [4]buckets.Reservation
 	taken := buf[:0] // taken[i] is claims[i]'s token (the zero Reservation for none)
@@ -263,8 +263,8 @@ func (s *MemoryStore) TopKeys(rule string, n int) []KeyCount {
 	return out[:min(n, len(out))]
 }
 
-// Count returns the slots key holds under rule.
-func (s *MemoryStore) Count(rule string, k keys.Key) int {
+// count returns the slots key holds under rule.
+func (s *MemoryStore) count(rule string, k keys.Key) int {
 	r, ok := (*s.rules.Load())[rule]
 	if !ok {
 		return 0

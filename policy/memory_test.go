@@ -41,27 +41,27 @@ func TestMemoryStoreReleaseRehashes(t *testing.T) {
 	if err := s.Release(ctx, Lease{}, foreign); err != nil {
 		t.Fatal(err)
 	}
-	if n := s.Count("ip", a); n != 0 {
+	if n := s.count("ip", a); n != 0 {
 		t.Fatalf("a holds %d slots after a release with foreign hashes, want 0", n)
 	}
-	if n := s.Count("ip", b); n != 1 {
+	if n := s.count("ip", b); n != 1 {
 		t.Fatalf("b holds %d slots, want 1: a's release must not free b", n)
 	}
-	if n := s.Count("all", keys.Global()); n != 1 {
+	if n := s.count("all", keys.Global()); n != 1 {
 		t.Fatalf("global holds %d slots, want 1", n)
 	}
 	// Claims that never passed through any store.
 	if err := s.Release(ctx, Lease{}, fresh(b)); err != nil {
 		t.Fatal(err)
 	}
-	if n := s.Count("ip", b); n != 0 {
+	if n := s.count("ip", b); n != 0 {
 		t.Fatalf("b holds %d slots after a release with unhashed claims, want 0", n)
 	}
 	// A second release changes nothing: counts never go below zero.
 	if err := s.Release(ctx, Lease{}, admitted); err != nil {
 		t.Fatal(err)
 	}
-	if n, g := s.Count("ip", a), s.Count("all", keys.Global()); n != 0 || g != 0 {
+	if n, g := s.count("ip", a), s.count("all", keys.Global()); n != 0 || g != 0 {
 		t.Fatalf("after a repeated release: a %d, global %d; want 0, 0", n, g)
 	}
 }
@@ -80,7 +80,7 @@ func TestDecisionClaimsBeyondInline(t *testing.T) {
 			t.Fatal(err)
 		}
 		l := NewLimiter(p, Options{})
-		store := l.Store().(*MemoryStore)
+		store := l.store.(*MemoryStore)
 		r := &http.Request{RemoteAddr: "192.0.2.7:1000", Header: http.Header{}}
 		d1, d2 := l.Admit(ctx, r), l.Admit(ctx, r)
 		if !d1.Allowed || !d2.Allowed {
@@ -100,21 +100,21 @@ func TestDecisionClaimsBeyondInline(t *testing.T) {
 		if c, ok := d3.RefusedClaim(); d3.Allowed || !ok || c.Rule != "r0" {
 			t.Fatalf("%d rules: third admission %+v, refused claim %+v", n, d3, c)
 		}
-		if k := d3.Key(); k != keys.IP(netip.MustParseAddr("192.0.2.7")) {
-			t.Fatalf("%d rules: refused decision's Key() = %v", n, k)
+		if c, _ := d3.RefusedClaim(); c.Key != keys.IP(netip.MustParseAddr("192.0.2.7")) {
+			t.Fatalf("%d rules: refused decision's key = %v", n, c.Key)
 		}
-		if k := d1.Key(); k != (keys.Key{}) {
-			t.Fatalf("%d rules: admitted decision's Key() = %v, want the zero Key", n, k)
+		if c, ok := d1.RefusedClaim(); ok || c.Key != (keys.Key{}) {
+			t.Fatalf("%d rules: admitted decision's key = %v, want the zero Key", n, c.Key)
 		}
 		for i := 0; i < n; i++ {
-			if got := store.Count(fmt.Sprintf("r%d", i), keys.IP(netip.MustParseAddr("192.0.2.7"))); got != 2 {
+			if got := store.count(fmt.Sprintf("r%d", i), keys.IP(netip.MustParseAddr("192.0.2.7"))); got != 2 {
 				t.Fatalf("%d rules: r%d holds %d slots, want 2", n, i, got)
 			}
 		}
 		d1.Release()
 		d2.Release()
 		for i := 0; i < n; i++ {
-			if got := store.Count(fmt.Sprintf("r%d", i), keys.IP(netip.MustParseAddr("192.0.2.7"))); got != 0 {
+			if got := store.count(fmt.Sprintf("r%d", i), keys.IP(netip.MustParseAddr("192.0.2.7"))); got != 0 {
 				t.Fatalf("%d rules: r%d holds %d slots after release", n, i, got)
 			}
 		}

@@ -44,13 +44,6 @@ func Parse(data []byte, filename string) (*Policy, error) {
 	return p, nil
 }
 
-// DecodeYAML decodes a policy document into a Config without validating
-// it. Unknown fields and type mismatches are errors with line and column.
-func DecodeYAML(data []byte, filename string) (*Config, error) {
-	cfg, _, err := decodeYAML(data, filename)
-	return cfg, err
-}
-
 type position struct{ line, col int }
 
 func decodeYAML(data []byte, filename string) (*Config, map[string]position, error) {
