@@ -100,6 +100,12 @@ type Decision struct {
 	// Identity is the verified identity's key claim ("" when none); for
 	// logs, never a metric label.
 	Identity string
+	// Protocols is the request's Sec-WebSocket-Protocol offer without the
+	// entries that carry a token (identity.jwt from: subprotocol), as
+	// header lines: what the upgrader may choose from, so that it never
+	// selects and echoes a token. nil when the offer carries no token (use
+	// the request as it is); empty when no entry remains.
+	Protocols []string
 
 	l        *Limiter
 	p        *Policy
@@ -190,6 +196,9 @@ func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
 func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	p := l.policy.Load()
 	d := &Decision{l: l, p: p, Allowed: true}
+	if p.jwt != nil {
+		d.Protocols = p.jwt.TokenFreeProtocols(r.Header)
+	}
 	claims, ok := d.collect(p, r)
 	if !ok || len(claims) == 0 {
 		return d

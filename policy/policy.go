@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
@@ -102,21 +101,6 @@ type Policy struct {
 	dryRun   bool
 	reject   RejectConfig // defaults filled in
 	jwt      *identity.JWT
-}
-
-// JWT returns the policy's token verifier, nil when identity.jwt is not
-// configured.
-func (p *Policy) JWT() *identity.JWT { return p.jwt }
-
-// StripTokenProtocols returns h without Sec-WebSocket-Protocol entries that
-// carry a token (identity.jwt from: subprotocol), so a token is never
-// selected and echoed as the connection's subprotocol; h itself when the
-// policy takes no token from the subprotocol.
-func (p *Policy) StripTokenProtocols(h http.Header) http.Header {
-	if p.jwt == nil {
-		return h
-	}
-	return p.jwt.StripTokenProtocols(h)
 }
 
 // Config returns the configuration the policy was built from (with

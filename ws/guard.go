@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
@@ -197,7 +196,7 @@ func (g *Guard) refuseUpgrade(w http.ResponseWriter, r *http.Request, responseHe
 
 // upgrade acts on the decision d for r: writes the rejection, or upgrades.
 func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header, d *policy.Decision) (*Conn, error) {
-	r = withoutTokenProtocols(r, d.Policy())
+	r = withProtocols(r, d.Protocols)
 	if !d.Allowed {
 		g.logReject(r, d)
 		g.writeReject(w, r, d, responseHeader)
@@ -228,19 +227,21 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 	return gc, nil
 }
 
-// withoutTokenProtocols returns r, or a shallow copy of r whose
-// Sec-WebSocket-Protocol entries carrying a token are removed, so that the
-// Upgrader can never select the token and echo it back as the subprotocol.
-func withoutTokenProtocols(r *http.Request, p *policy.Policy) *http.Request {
-	if p == nil || p.JWT() == nil {
+// withProtocols returns r, or when protocols is not nil a shallow copy of
+// r whose Sec-WebSocket-Protocol lines are protocols (the decision's offer
+// without token entries; none when empty), so that the Upgrader can never
+// select a token and echo it back as the subprotocol.
+func withProtocols(r *http.Request, protocols []string) *http.Request {
+	if protocols == nil {
 		return r
 	}
-	h := p.StripTokenProtocols(r.Header)
-	if reflect.ValueOf(h).Pointer() == reflect.ValueOf(r.Header).Pointer() {
-		return r // no token in the protocols: nothing to copy
-	}
 	r2 := r.WithContext(r.Context())
-	r2.Header = h
+	r2.Header = r.Header.Clone()
+	if len(protocols) == 0 {
+		r2.Header.Del("Sec-Websocket-Protocol")
+	} else {
+		r2.Header["Sec-Websocket-Protocol"] = protocols
+	}
 	return r2
 }
 
