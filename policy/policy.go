@@ -513,7 +513,16 @@ func validCookieName(s string) bool {
 	return true
 }
 
-// validate checks the redis section of a policy whose state.store is redis.
+// Validate checks a redis section as New checks that of a policy whose
+// state.store is redis, and reports every problem as an *Error naming its
+// path. It is the one definition of the values on_error accepts: stores
+// built from a RedisConfig call it rather than check again.
+func (rc RedisConfig) Validate() error {
+	v := &validator{}
+	rc.validate(v)
+	return errors.Join(v.errs...)
+}
+
 func (rc RedisConfig) validate(v *validator) {
 	if len(rc.Addrs) == 0 {
 		v.add("state.redis.addrs", "state.store redis needs at least one address")

@@ -57,20 +57,6 @@ const (
 	FailDeny
 )
 
-// ParseFailMode parses an on_error value: "local" (also ""), "allow" or
-// "deny".
-func ParseFailMode(s string) (FailMode, error) {
-	switch s {
-	case "", "local":
-		return FailLocal, nil
-	case "allow":
-		return FailAllow, nil
-	case "deny":
-		return FailDeny, nil
-	}
-	return 0, fmt.Errorf("redisstore: on_error must be local, allow or deny (got %q)", s)
-}
-
 // String returns the mode as written in a policy file.
 func (m FailMode) String() string {
 	switch m {

@@ -647,18 +647,20 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
-func TestParseFailMode(t *testing.T) {
+// TestFailMode: every on_error value policy.RedisConfig.Validate accepts
+// maps to its FailMode and back; others are refused there.
+func TestFailMode(t *testing.T) {
 	for in, want := range map[string]FailMode{"": FailLocal, "local": FailLocal, "allow": FailAllow, "deny": FailDeny} {
-		got, err := ParseFailMode(in)
-		if err != nil || got != want {
-			t.Errorf("ParseFailMode(%q) = %v, %v; want %v", in, got, err, want)
+		err := policy.RedisConfig{Addrs: []string{"x:1"}, OnError: in}.Validate()
+		if got := failMode(in); err != nil || got != want {
+			t.Errorf("failMode(%q) = %v, %v; want %v", in, got, err, want)
 		}
-		if in != "" && got.String() != in {
+		if got := failMode(in); in != "" && got.String() != in {
 			t.Errorf("String() = %q, want %q", got.String(), in)
 		}
 	}
-	if _, err := ParseFailMode("open"); err == nil {
-		t.Error("ParseFailMode(open): no error")
+	if err := (policy.RedisConfig{Addrs: []string{"x:1"}, OnError: "open"}).Validate(); err == nil {
+		t.Error("on_error open: no error")
 	}
 }
 
