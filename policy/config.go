@@ -41,19 +41,15 @@ type ClientIPConfig struct {
 	Header string `yaml:"header" json:"header,omitempty"`
 }
 
-// IdentityConfig configures verified identities. Filled in by the identity
-// issue; the seam is here so the file format is stable.
+// IdentityConfig configures verified identities.
 type IdentityConfig struct {
-	// JWT configures bearer-token verification; nil disables jwt keys.
-	JWT *JWTConfig `yaml:"jwt" json:"jwt,omitempty"`
+	// JWT configures bearer-token verification (from, algorithms,
+	// key_file, secret_env, secret_file, issuer, audience, leeway, claim,
+	// cache_size, max_token_bytes); nil disables jwt keys.
+	JWT *identity.JWTConfig `yaml:"jwt" json:"jwt,omitempty"`
 	// Session configures the session-cookie key.
 	Session *SessionConfig `yaml:"session" json:"session,omitempty"`
 }
-
-// JWTConfig configures bearer-token verification; see identity.JWTConfig
-// for every field (from, algorithms, key_file, secret_env, secret_file,
-// issuer, audience, leeway, claim, cache_size, max_token_bytes).
-type JWTConfig = identity.JWTConfig
 
 // SessionConfig configures the session-cookie key.
 type SessionConfig struct {

@@ -93,13 +93,13 @@ rules:
 	}
 	checkVictims := func(when string) {
 		t.Helper()
-		if got := store.Count("per-ip", keys.IP(victimOut)); got != 3 {
+		if got := store.count("per-ip", keys.IP(victimOut)); got != 3 {
 			t.Fatalf("%s: victim %v holds %d per-ip slots, want 3", when, victimOut, got)
 		}
-		if got := store.Count("per-ip", keys.IP(victimIn)); got != 2 {
+		if got := store.count("per-ip", keys.IP(victimIn)); got != 2 {
 			t.Fatalf("%s: victim %v holds %d per-ip slots, want 2", when, victimIn, got)
 		}
-		if got := store.Count("per-64", keys.Subnet(victimOut, 24, 64)); got != 3 {
+		if got := store.count("per-64", keys.Subnet(victimOut, 24, 64)); got != 3 {
 			t.Fatalf("%s: victim %v's /64 holds %d slots, want 3", when, victimOut, got)
 		}
 		if st := store.Stats("per-ip"); st.Buckets > maxKeys {
@@ -169,7 +169,7 @@ rules:
 	if want := len(admitted) + 2; st.Keys != want {
 		t.Errorf("per-ip keys holding slots = %d, want %d (admitted flood addresses and 2 victims)", st.Keys, want)
 	}
-	if got := store.Count("per-64", keys.Subnet(victimIn, 24, 64)); got != len(admitted)+2 {
+	if got := store.count("per-64", keys.Subnet(victimIn, 24, 64)); got != len(admitted)+2 {
 		t.Errorf("flooded /64 holds %d slots, want %d", got, len(admitted)+2)
 	}
 	if growth > heapBound {

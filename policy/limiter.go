@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/keys/identity"
@@ -17,8 +16,8 @@ import (
 // Options configure a Limiter. The zero value is usable: in-memory state,
 // the wall clock, no logging.
 type Options struct {
-	// Store holds the limiting state; nil means a new MemoryStore, which
-	// the Limiter then owns and closes.
+	// Store holds the limiting state; nil means a new MemoryStore of the
+	// Limiter's own. The Limiter never closes a store: its owner does.
 	Store Store
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -44,12 +43,11 @@ type Observer interface {
 // It is safe for concurrent use; SetPolicy swaps the policy atomically
 // while handshakes are in flight.
 type Limiter struct {
-	policy    atomic.Pointer[Policy]
-	store     Store
-	ownsStore bool
-	now       func() time.Time
-	log       *slog.Logger
-	obs       Observer
+	policy atomic.Pointer[Policy]
+	store  Store
+	now    func() time.Time
+	log    *slog.Logger
+	obs    Observer
 }
 
 // NewLimiter returns a Limiter enforcing p.
@@ -57,7 +55,6 @@ func NewLimiter(p *Policy, opts Options) *Limiter {
 	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger, obs: opts.Observer}
 	if l.store == nil {
 		l.store = NewMemoryStore()
-		l.ownsStore = true
 	}
 	if l.now == nil {
 		l.now = time.Now
@@ -74,17 +71,6 @@ func (l *Limiter) Policy() *Policy { return l.policy.Load() }
 // were admitted under; stores keep state by rule name, so counts carry over
 // to a rule of the same name and a changed cap applies to new handshakes.
 func (l *Limiter) SetPolicy(p *Policy) { l.policy.Store(p) }
-
-// Store returns the limiter's store.
-func (l *Limiter) Store() Store { return l.store }
-
-// Close closes the store if the Limiter created it.
-func (l *Limiter) Close() error {
-	if l.ownsStore {
-		return l.store.Close()
-	}
-	return nil
-}
 
 // Decision is the outcome of one handshake's evaluation. When Allowed, it
 // may hold connection slots: Release frees them, exactly once however often
@@ -103,9 +89,7 @@ type Decision struct {
 	// kept.
 	InvalidToken bool
 	// Reason says why.
-	Reason  Reason
-	nclaims uint8 // at most MaxRules
-	held    bool  // Allowed with slots to release
+	Reason Reason
 	// Rule names the rule that refused (or would have).
 	Rule string
 	// RetryAfter is when to try again: the bucket's real refill time for
@@ -116,52 +100,23 @@ type Decision struct {
 	// Identity is the verified identity's key claim ("" when none); for
 	// logs, never a metric label.
 	Identity string
+	// Protocols is the request's Sec-WebSocket-Protocol offer without the
+	// entries that carry a token (identity.jwt from: subprotocol), as
+	// header lines: what the upgrader may choose from, so that it never
+	// selects and echoes a token. nil when the offer carries no token (use
+	// the request as it is); empty when no entry remains.
+	Protocols []string
 
-	// The Decision is the one allocation of an admission: 328 bytes (the
-	// 352-byte size class) for policies of up to inlineDecisionClaims
-	// claims, which point at their rule's limits rather than copy them.
 	l        *Limiter
 	p        *Policy
+	claims   []Claim // as given to the store; nil before a store answered
 	lease    Lease
-	spill    *Claim // the first of nclaims claims when they do not fit inline
-	refused  int32  // index+1 in the claims of the refusing claim; 0 for none
+	refused  int  // index+1 in claims of the refusing claim; 0 for none
+	held     bool // Allowed with slots to release
 	released atomic.Bool
-	inline   [inlineDecisionClaims]Claim
-}
-
-// Key returns the refusing rule's key (or the one that would have refused,
-// in dry run), for logs; the zero Key when no rule's limit refused (an
-// admission, a missing identity, a store error). Never use it as a metric
-// label.
-func (d *Decision) Key() keys.Key {
-	switch d.Reason {
-	case ReasonConnections, ReasonRate, ReasonTableFull:
-		if c, ok := d.RefusedClaim(); ok {
-			return c.Key
-		}
-	}
-	return keys.Key{}
-}
-
-// inlineDecisionClaims is how many claims a Decision holds without a
-// second allocation: enough for the common IP / subnet / global policy.
-const inlineDecisionClaims = 3
-
-// claims returns the decision's claims.
-func (d *Decision) claims() []Claim {
-	if d.spill != nil {
-		return unsafe.Slice(d.spill, d.nclaims)
-	}
-	return d.inline[:d.nclaims]
-}
-
-// setClaims records claims: d.inline[:n], or an array of their own for
-// policies of more rules than fit inline.
-func (d *Decision) setClaims(claims []Claim) {
-	d.nclaims = uint8(len(claims))
-	if len(claims) > 0 && &claims[0] != &d.inline[0] {
-		d.spill = &claims[0]
-	}
+	// buf holds the claims of policies of up to three rules (the common
+	// ip / subnet / global policy), so that a Decision is one allocation.
+	buf [3]Claim
 }
 
 // Status is the HTTP status for a refused handshake: 401 for a missing
@@ -185,14 +140,14 @@ func (d *Decision) Status() int {
 func (d *Decision) Policy() *Policy { return d.p }
 
 // RefusedClaim returns the refusing rule's claim as evaluated (its key and
-// the limits that applied, tiers included); false when no claim refused (an
-// admission, a missing identity, a store error).
+// the limits that applied, tiers included), also in dry run; false when no
+// rule's limit refused (an admission, a missing identity, a store error).
+// Its key is for logs: never use it as a metric label.
 func (d *Decision) RefusedClaim() (Claim, bool) {
-	claims := d.claims()
-	if d.refused == 0 || int(d.refused) > len(claims) {
+	if d.refused == 0 || d.refused > len(d.claims) {
 		return Claim{}, false
 	}
-	return claims[d.refused-1], true
+	return d.claims[d.refused-1], true
 }
 
 // Holds reports whether the decision holds slots not yet released.
@@ -206,7 +161,7 @@ func (d *Decision) Release() bool {
 		return false
 	}
 	ctx := context.Background()
-	if err := d.l.store.Release(ctx, d.lease, d.claims()); err != nil && d.l.log != nil {
+	if err := d.l.store.Release(ctx, d.lease, d.claims); err != nil && d.l.log != nil {
 		d.l.log.LogAttrs(ctx, slog.LevelWarn, "wslimit: release failed", slog.String("error", err.Error()))
 	}
 	if d.l.obs != nil {
@@ -222,7 +177,7 @@ func (d *Decision) Claims() []Claim {
 	if !d.held {
 		return nil
 	}
-	return d.claims()
+	return d.claims
 }
 
 // Admit evaluates every rule of the policy for r at once. All or nothing:
@@ -238,137 +193,100 @@ func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
 	return d
 }
 
-// admit is kept lean: its frame sits under the store's for the whole
-// evaluation, on the stack of a connection's fresh goroutine, where every
-// byte brings the next stack growth (a copy of the stack) closer. The work
-// before the store call is in claims, whose frame is gone by then.
 func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	p := l.policy.Load()
 	d := &Decision{l: l, p: p, Allowed: true}
+	if p.jwt != nil {
+		d.Protocols = p.jwt.TokenFreeProtocols(r.Header)
+	}
 	claims, ok := d.collect(p, r)
 	if !ok || len(claims) == 0 {
 		return d
 	}
 	lease, v, err := l.store.Admit(ctx, l.now(), claims)
 	if err != nil {
-		l.logStoreError(ctx, err)
+		if l.log != nil {
+			l.log.LogAttrs(ctx, slog.LevelError, "wslimit: store failed; refusing", slog.String("error", err.Error()))
+		}
 		d.refuse(p, "", ReasonStoreError, 0)
 		return d
 	}
-	d.setClaims(claims)
+	d.claims = claims
 	if !v.OK {
-		d.refusedBy(p, claims, v)
+		d.refusedBy(p, v)
 		return d
 	}
 	d.lease, d.held = lease, true
 	return d
 }
 
-// refusedBy records the store's refusal. Out of line, like refuse, so that
-// admit's frame stays small.
-//
-//go:noinline
-func (d *Decision) refusedBy(p *Policy, claims []Claim, v Verdict) {
+// refusedBy records the store's refusal v of d's claims.
+func (d *Decision) refusedBy(p *Policy, v Verdict) {
 	if v.Reason == ReasonStoreError {
 		d.refuse(p, "", ReasonStoreError, v.RetryAfter)
 		return
 	}
-	d.refused = int32(v.Index + 1)
+	d.refused = v.Index + 1
 	ra := v.RetryAfter
 	if v.Reason == ReasonConnections {
-		ra = p.capRetryAfter
+		ra = p.reject.CapRetryAfter
 	}
-	d.refuse(p, claims[v.Index].Rule(), v.Reason, ra)
+	d.refuse(p, d.claims[v.Index].Rule, v.Reason, ra)
 }
 
 // collect resolves the client and takes each rule's key from r: the claims
 // to put to the store. false means the decision is already made (an exempt
 // client, or a missing identity that refuses).
-//
-//go:noinline
 func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 	ip, ipErr := p.clientIP.Resolve(r)
 	if ipErr == nil {
 		d.ClientIP = ip
-		if p.Exempt(ip) {
+		if p.exempted(ip) {
 			d.Exempt = true
 			return nil, false
 		}
 	}
-	claims := d.inline[:0]
-	if len(p.rules) > len(d.inline) {
-		claims = make([]Claim, 0, len(p.rules)) // the second allocation
+	claims := d.buf[:0]
+	if len(p.rules) > len(d.buf) {
+		claims = make([]Claim, 0, len(p.rules))
 	}
-	var who requestIdentity
-	now := d.l.now
+	who := requestIdentity{p: p, r: r, now: d.l.now, d: d}
 	for i := range p.rules {
 		rule := &p.rules[i]
-		claims = claims[:len(claims)+1]
-		c := &claims[len(claims)-1]
-		// The address keys inline; the others (headers, tokens, cookies)
-		// out of line, in key.
-		ok := ipErr == nil
-		switch rule.Kind {
-		case KeyIP:
-			c.Key = keys.IP(ip)
-		case KeySubnet:
-			c.Key = keys.Subnet(ip, rule.IPv4Prefix, rule.IPv6Prefix)
-		case KeyGlobal:
-			c.Key, ok = keys.Global(), true
-		default:
-			c.Key, ok = p.key(rule, r, &who, now, d)
-		}
+		k, ok := rule.key(r, ip, ipErr == nil, &who)
 		if !ok {
-			claims = claims[:len(claims)-1]
-			if rule.RejectMiss {
-				d.refuse(p, rule.Name, ReasonMissing, 0)
+			if rule.rejectMiss {
+				d.refuse(p, rule.claim.Rule, ReasonMissing, 0)
 				if !d.WouldReject {
 					return nil, false
 				}
 			}
 			continue
 		}
-		c.lim = rule.lim
-		if rule.Tiers != nil {
-			applyTier(c, rule, &who, p, r, now, d)
+		c := rule.claim
+		if rule.tiers != nil {
+			c = rule.tier(&who)
 		}
+		c.Key = k
+		claims = append(claims, c)
 	}
 	return claims, true
 }
 
-// applyTier replaces c's limits by those of the tier its verified claim
-// selects, if any.
-//
-//go:noinline
-func applyTier(c *Claim, rule *Rule, who *requestIdentity, p *Policy, r *http.Request, now func() time.Time, d *Decision) {
-	id, ok := who.get(p, r, now, d)
-	if !ok {
-		return
+// tier returns the claim (without its key) of the tier the request's
+// verified claim selects, or the rule's own.
+func (ru *rule) tier(who *requestIdentity) Claim {
+	if id, ok := who.get(); ok {
+		if v, ok := id.Claim(ru.tierClaim); ok {
+			if t, ok := ru.tiers[v]; ok {
+				return t
+			}
+		}
 	}
-	v, ok := id.Claim(rule.TierClaim)
-	if !ok {
-		return
-	}
-	if t, ok := rule.Tiers[v]; ok {
-		c.lim = t.lim
-	}
+	return ru.claim
 }
 
-// logStoreError is out of line: slog's record would otherwise enlarge
-// admit's frame on every handshake.
-//
-//go:noinline
-func (l *Limiter) logStoreError(ctx context.Context, err error) {
-	if l.log != nil {
-		l.log.LogAttrs(ctx, slog.LevelError, "wslimit: store failed; refusing", slog.String("error", err.Error()))
-	}
-}
-
-// refuse records a refusal; in dry run the decision stays allowed. Out of
-// line, so that its four call sites do not each add their arguments to
-// admit's frame.
-//
-//go:noinline
+// refuse records a refusal; in dry run the decision stays allowed.
 func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Duration) {
 	if d.Rule == "" {
 		d.Rule, d.Reason, d.RetryAfter = rule, reason, retry
@@ -380,63 +298,69 @@ func (d *Decision) refuse(p *Policy, rule string, reason Reason, retry time.Dura
 	d.Allowed = false
 }
 
-// requestIdentity verifies a request's token at most once per admission.
+// requestIdentity verifies a request's token at most once per admission,
+// when a rule first needs it.
 type requestIdentity struct {
+	p   *Policy
+	r   *http.Request
+	now func() time.Time
+	d   *Decision
+
 	done bool
 	ok   bool
 	id   identity.Identity
 }
 
-//go:noinline
-func (w *requestIdentity) get(p *Policy, r *http.Request, now func() time.Time, d *Decision) (identity.Identity, bool) {
+func (w *requestIdentity) get() (identity.Identity, bool) {
 	if w.done {
 		return w.id, w.ok
 	}
 	w.done = true
-	if p.jwt == nil {
+	if w.p.jwt == nil {
 		return w.id, false
 	}
-	id, err := p.jwt.Identify(r, now())
+	id, err := w.p.jwt.Identify(w.r, w.now())
 	if err != nil {
 		if !errors.Is(err, identity.ErrNoToken) {
-			d.InvalidToken = true
+			w.d.InvalidToken = true
 		}
 		return w.id, false
 	}
 	w.id, w.ok = id, true
-	d.Identity = id.Subject
+	w.d.Identity = id.Subject
 	return id, true
 }
 
-// key takes a header, token or cookie rule's key from the request (the
-// address keys are taken in collect); false when it is absent. It is kept
-// out of line so that its locals (hash buffers of header and cookie keys)
-// do not sit in collect's frame.
-//
-//go:noinline
-func (p *Policy) key(rule *Rule, r *http.Request, who *requestIdentity, now func() time.Time, d *Decision) (keys.Key, bool) {
-	switch rule.Kind {
-	case KeyHeader:
-		return keys.HeaderValue(r, rule.Param)
-	case KeyJWT:
-		id, ok := who.get(p, r, now, d)
+// key takes the rule's key from the request; false when it is absent. ip is
+// the resolved client address, valid when hasIP.
+func (ru *rule) key(r *http.Request, ip netip.Addr, hasIP bool, who *requestIdentity) (keys.Key, bool) {
+	switch ru.kind {
+	case keyIP:
+		return keys.IP(ip), hasIP
+	case keySubnet:
+		return keys.Subnet(ip, ru.v4, ru.v6), hasIP
+	case keyGlobal:
+		return keys.Global(), true
+	case keyHeader:
+		return keys.HeaderValue(r, ru.param)
+	case keyJWT:
+		id, ok := who.get()
 		if !ok {
 			return keys.Key{}, false
 		}
-		if rule.Param == "" {
+		if ru.param == "" {
 			return id.Key(), true
 		}
-		v, ok := id.Claim(rule.Param)
+		v, ok := id.Claim(ru.param)
 		if !ok || v == "" {
 			return keys.Key{}, false
 		}
 		return keys.BoundedString(v), true
-	case KeyCookie:
-		c := p.cookies[rule.Param]
-		if c == nil {
+	case keyCookie:
+		if ru.cookie == nil {
 			return keys.Key{}, false
 		}
-		return c.Identify(r)
+		return ru.cookie.Identify(r)
 	}
 	return keys.Key{}, false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -69,7 +70,7 @@ rules:
 			if d.ClientIP != want {
 				t.Errorf("client IP = %v, want %v", d.ClientIP, want)
 			}
-			if got := store.Count("per-ip", keys.IP(want)); got != 1 {
+			if got := store.count("per-ip", keys.IP(want)); got != 1 {
 				t.Errorf("slot counted under %v: %d, want 1", want, got)
 			}
 		})
@@ -101,7 +102,7 @@ rules:
 	} else {
 		d.Release()
 	}
-	if got := store.Count("per-64", keys.Subnet(netip.MustParseAddr("2001:db8:1:2::77"), 24, 64)); got != 3 {
+	if got := store.count("per-64", keys.Subnet(netip.MustParseAddr("2001:db8:1:2::77"), 24, 64)); got != 3 {
 		t.Errorf("/64 count = %d, want 3", got)
 	}
 	for _, d := range held {
@@ -154,7 +155,7 @@ rules:
 			if st.Buckets > 10000 {
 				t.Fatalf("after %d keys: %d buckets, bound 10000", i, st.Buckets)
 			}
-			if got := store.Count("per-ip", victimKey); got != 3 {
+			if got := store.count("per-ip", victimKey); got != 3 {
 				t.Fatalf("after %d keys: victim holds %d slots, want 3", i, got)
 			}
 		}
@@ -357,5 +358,40 @@ func TestReloadKeepsCounts(t *testing.T) {
 	held[2].Release()
 	if got := store.Stats("g").Connections; got != 0 {
 		t.Errorf("slots = %d", got)
+	}
+}
+
+// TestDecisionProtocols: a decision carries the request's subprotocol offer
+// without token entries whenever the policy takes tokens from the
+// subprotocol, also for an exempt client and a refusal (close mode upgrades
+// refused handshakes), so that ws never hands the upgrader a token.
+func TestDecisionProtocols(t *testing.T) {
+	t.Setenv("WSLIMIT_TEST_HS256", "test secret: 32 bytes or more, HS256 needs them")
+	p := mustParse(t, `version: 1
+identity:
+  jwt: {from: [subprotocol], algorithms: [HS256], secret_env: WSLIMIT_TEST_HS256}
+exempt: [192.0.2.9]
+rules:
+  - {name: per-user, key: jwt, on_missing: reject, connections: 1}
+`)
+	l := NewLimiter(p, Options{Now: fixedClock(&t0)})
+	for _, tt := range []struct {
+		name, remote, offer string
+		want                []string
+	}{
+		{"token and app protocol", "192.0.2.1:1", "chat, bearer.x", []string{"chat"}},
+		{"token only", "192.0.2.1:1", "bearer.x", []string{}},
+		{"no token", "192.0.2.1:1", "chat", nil},
+		{"exempt client", "192.0.2.9:1", "chat, bearer.x", []string{"chat"}},
+	} {
+		d := l.Admit(context.Background(), request(tt.remote, "Sec-WebSocket-Protocol", tt.offer))
+		d.Release()
+		if (d.Protocols == nil) != (tt.want == nil) || strings.Join(d.Protocols, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("%s: Protocols = %#v, want %#v", tt.name, d.Protocols, tt.want)
+		}
+	}
+	plain := NewLimiter(mustParse(t, "version: 1\nrules:\n  - {name: a, key: ip, connections: 1}\n"), Options{})
+	if d := plain.Admit(context.Background(), request("192.0.2.1:1", "Sec-WebSocket-Protocol", "chat, bearer.x")); d.Protocols != nil {
+		t.Errorf("without identity.jwt: Protocols = %#v, want nil", d.Protocols)
 	}
 }

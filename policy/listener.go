@@ -1,6 +1,12 @@
 package policy
 
-import "math"
+import (
+	"math"
+	"net/netip"
+	"slices"
+
+	"golang.org/x/time/rate"
+)
 
 // ListenerConfig caps raw TCP connections when they are accepted, before
 // any HTTP is read: every connection counts, WebSocket or not, idle
@@ -30,11 +36,36 @@ type ListenerConfig struct {
 	Burst int `yaml:"burst" json:"burst,omitempty"`
 }
 
-// validateListener checks the listener section and fills its defaults in
-// lc, the policy's own copy.
-func validateListener(v *validator, lc *ListenerConfig) {
+// ListenerLimits is a policy's listener section as package policy/listener
+// applies it: defaults filled in, the rate parsed, and the blocks whose
+// peers skip the per-address caps (client_ip.trusted_proxies and exempt).
+type ListenerLimits struct {
+	PerIP, PerSubnet, Global int
+	IPv4Prefix, IPv6Prefix   int
+	// Rate is accepted connections per second, all peers; 0 means none.
+	Rate  rate.Limit
+	Burst int
+	// Unlimited are the blocks whose peers skip per_ip and per_subnet.
+	Unlimited []netip.Prefix
+}
+
+// Listener returns the compiled listener section, and false when the
+// policy has none.
+func (p *Policy) Listener() (ListenerLimits, bool) {
+	if p.listener == nil {
+		return ListenerLimits{}, false
+	}
+	l := *p.listener
+	l.Unlimited = slices.Clone(l.Unlimited)
+	return l, true
+}
+
+// compileListener checks the listener section and compiles it; nil when
+// the policy has none.
+func compileListener(v *validator, cfg Config, trusted []netip.Prefix) *ListenerLimits {
+	lc := cfg.Listener
 	if lc == nil {
-		return
+		return nil
 	}
 	for _, f := range []struct {
 		name string
@@ -50,30 +81,32 @@ func validateListener(v *validator, lc *ListenerConfig) {
 	if (lc.IPv4Prefix != 0 || lc.IPv6Prefix != 0) && lc.PerSubnet == 0 {
 		v.add("listener.ipv4_prefix", "subnet prefixes have no effect without per_subnet")
 	}
-	if lc.IPv4Prefix == 0 {
-		lc.IPv4Prefix = DefaultIPv4Prefix
+	l := &ListenerLimits{
+		PerIP: lc.PerIP, PerSubnet: lc.PerSubnet, Global: lc.Global,
+		IPv4Prefix: orDefault(lc.IPv4Prefix, defaultIPv4Prefix),
+		IPv6Prefix: orDefault(lc.IPv6Prefix, defaultIPv6Prefix),
+		Unlimited:  append(slices.Clone(trusted), parsePrefixes(&validator{}, "exempt", cfg.Exempt)...),
 	}
-	if lc.IPv6Prefix == 0 {
-		lc.IPv6Prefix = DefaultIPv6Prefix
+	if l.IPv4Prefix < 1 || l.IPv4Prefix > 32 {
+		v.add("listener.ipv4_prefix", "must be between 1 and 32 (got %d)", l.IPv4Prefix)
 	}
-	if lc.IPv4Prefix < 1 || lc.IPv4Prefix > 32 {
-		v.add("listener.ipv4_prefix", "must be between 1 and 32 (got %d)", lc.IPv4Prefix)
-	}
-	if lc.IPv6Prefix < 1 || lc.IPv6Prefix > 128 {
-		v.add("listener.ipv6_prefix", "must be between 1 and 128 (got %d)", lc.IPv6Prefix)
+	if l.IPv6Prefix < 1 || l.IPv6Prefix > 128 {
+		v.add("listener.ipv6_prefix", "must be between 1 and 128 (got %d)", l.IPv6Prefix)
 	}
 	if lc.Rate == "" {
 		if lc.Burst != 0 {
 			v.add("listener.burst", "burst has no effect without rate")
 		}
-		return
+		return l
 	}
-	lim, err := ParseRate(lc.Rate)
+	lim, err := parseRate(lc.Rate)
 	if err != nil {
 		v.add("listener.rate", "%v", err)
-		return
+		return l
 	}
-	if lc.Burst == 0 {
-		lc.Burst = max(1, int(math.Ceil(float64(lim))))
+	l.Rate, l.Burst = lim, lc.Burst
+	if l.Burst == 0 {
+		l.Burst = max(1, int(math.Ceil(float64(lim))))
 	}
+	return l
 }

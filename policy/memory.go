@@ -16,7 +16,7 @@ import (
 
 // MemoryStore keeps counters and buckets in this process: exact connection
 // caps (sharded counters whose entries exist only while a key holds slots)
-// and size-bounded token-bucket tables (LRU eviction), one of each per rule name. It is safe
+// and size-bounded token-bucket tables (CLOCK eviction), one of each per rule name. It is safe
 // for concurrent use.
 type MemoryStore struct {
 	seed  maphash.Seed
@@ -47,37 +47,7 @@ func NewMemoryStore() *MemoryStore {
 	return s
 }
 
-// inlineClaims is how many claims Admit tracks without allocating.
-const inlineClaims = 4
-
-// ruleState is what the claims of one compiled rule share: the rule's
-// bucket-table bounds, and a memo of the state a MemoryStore keeps for the
-// rule, so the hot path skips the lookup by name. The memo holds one store
-// at a time; a rule used with another store falls back to the lookup.
-type ruleState struct {
-	maxKeys int
-	refuse  bool
-	memo    atomic.Pointer[memoEntry]
-}
-
-type memoEntry struct {
-	store *MemoryStore
-	r     *memRule
-}
-
-// ruleFor returns the state of the rule whose claims share lim.
-func (s *MemoryStore) ruleFor(lim *limits) *memRule {
-	if st := lim.state; st != nil {
-		if e := st.memo.Load(); e != nil && e.store == s {
-			return e.r
-		}
-		r := s.rule(lim.rule)
-		st.memo.Store(&memoEntry{store: s, r: r})
-		return r
-	}
-	return s.rule(lim.rule)
-}
-
+// rule returns the state kept for the named rule, creating it on first use.
 func (s *MemoryStore) rule(name string) *memRule {
 	if r, ok := (*s.rules.Load())[name]; ok {
 		return r
@@ -130,31 +100,22 @@ func (r *memRule) release(k keys.Key) bool {
 	}
 }
 
-func (s *MemoryStore) table(r *memRule, lim *limits) *buckets.Table[keys.Key] {
-	want := int64(0)
-	if st := lim.state; st != nil {
-		want = int64(st.maxKeys)
-	}
+// table returns r's bucket table, created or resized to the claim's
+// max_keys.
+func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
+	want := int64(c.MaxKeys)
 	if want <= 0 {
-		want = DefaultMaxKeys
+		want = defaultMaxKeys
 	}
 	if t := r.buckets.Load(); t != nil && r.maxKeys.Load() == want {
 		return t
 	}
-	return s.newTable(r, lim, want)
-}
-
-// newTable creates or resizes r's bucket table; out of line, so that the
-// hot path's frame stays small.
-//
-//go:noinline
-func (s *MemoryStore) newTable(r *memRule, lim *limits, want int64) *buckets.Table[keys.Key] {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.buckets.Load()
 	switch {
 	case t == nil:
-		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: lim.state != nil && lim.state.refuse}, s.hash)
+		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull}, s.hash)
 		r.buckets.Store(t)
 	case r.maxKeys.Load() != want:
 		t.Resize(int(want))
@@ -165,81 +126,57 @@ func (s *MemoryStore) newTable(r *memRule, lim *limits, want int64) *buckets.Tab
 
 // Admit grants every claim or none, claim by claim: the connection slot
 // (exact), then the token; any refusal releases the slots and cancels the
-// tokens taken so far. A cancelled token may be restored only partly under contention,
-// which errs toward admitting fewer.
+// tokens taken so far. A cancelled token may be restored only partly under
+// contention, which errs toward admitting fewer.
 func (s *MemoryStore) Admit(_ context.Context, now time.Time, claims []Claim) (Lease, Verdict, error) {
-	if len(claims) > MaxRules {
-		return Lease{}, Verdict{}, tooManyClaims(len(claims))
+	if len(claims) > maxRules {
+		return Lease{}, Verdict{}, fmt.Errorf("policy: %d claims, at most %d", len(claims), maxRules)
 	}
-	// Small inline arrays keep the frame small (a large frame costs a
-	// goroutine stack growth on a fresh connection's goroutine); policies
-	// with more rules spill to the heap.
-	var (
-		heldBuf [inlineClaims]*memRule
-		resBuf  [inlineClaims]buckets.Reservation
-		held    = heldBuf[:0:inlineClaims]
-		res     = resBuf[:0:inlineClaims]
-	)
-	if len(claims) > inlineClaims {
-		held, res = make([]*memRule, 0, len(claims)), make([]buckets.Reservation, 0, len(claims))
-	}
-	held, res = held[:len(claims)], res[:len(claims)]
+	var buf [4]buckets.Reservation
+	taken := buf[:0] // taken[i] is claims[i]'s token (the zero Reservation for none)
 	for i := range claims {
 		c := &claims[i]
-		if c.lim == nil {
-			c.lim = noLimits // the same as none; read through c below, which keeps the frame small
+		r := s.rule(c.Rule)
+		if c.Conns > 0 && !r.acquire(c.Key, c.Conns) {
+			s.undo(now, claims[:i], taken)
+			return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
 		}
-		r := s.ruleFor(c.lim)
-		if c.lim.conns > 0 {
-			if !r.acquire(c.Key, c.lim.conns) {
-				s.undo(now, claims[:i], held[:i], res[:i])
-				return Lease{}, Verdict{Index: i, Reason: ReasonConnections}, nil
-			}
-			held[i] = r
-		}
-		if c.lim.limit > 0 {
-			rv, result := s.table(r, c.lim).Reserve(c.Key, now, c.lim.limit, c.lim.burst)
-			if !result.OK {
-				s.undo(now, claims[:i+1], held[:i+1], res[:i])
+		var rv buckets.Reservation
+		if c.Limit > 0 {
+			var res buckets.Result
+			rv, res = s.table(r, c).Reserve(c.Key, now, c.Limit, c.Burst)
+			if !res.OK {
+				s.undo(now, claims[:i+1], taken)
 				reason := ReasonRate
-				if result.Full {
+				if res.Full {
 					reason = ReasonTableFull
 				}
-				return Lease{}, Verdict{Index: i, Reason: reason, RetryAfter: result.RetryAfter}, nil
+				return Lease{}, Verdict{Index: i, Reason: reason, RetryAfter: res.RetryAfter}, nil
 			}
-			res[i] = rv
 		}
+		taken = append(taken, rv)
 	}
 	return Lease{}, Verdict{OK: true}, nil
 }
 
-// tooManyClaims is out of line, like undo: the hot path's frame stays small.
-//
-//go:noinline
-func tooManyClaims(n int) error {
-	return fmt.Errorf("policy: %d claims, at most %d", n, MaxRules)
-}
-
-//go:noinline
-func (s *MemoryStore) undo(now time.Time, claims []Claim, held []*memRule, res []buckets.Reservation) {
+// undo releases the slots of claims and cancels the tokens taken.
+func (s *MemoryStore) undo(now time.Time, claims []Claim, taken []buckets.Reservation) {
 	for i := range claims {
-		if held[i] != nil {
-			held[i].release(claims[i].Key)
+		if c := &claims[i]; c.Conns > 0 {
+			s.rule(c.Rule).release(c.Key)
 		}
 	}
-	for i := range res {
-		res[i].Cancel(now)
+	for _, rv := range taken {
+		rv.Cancel(now)
 	}
 }
 
 // Release frees the connection slots of an admitted lease.
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
-		c := &claims[i]
-		if c.lim == nil || c.lim.conns <= 0 {
-			continue
+		if c := &claims[i]; c.Conns > 0 {
+			s.rule(c.Rule).release(c.Key)
 		}
-		s.ruleFor(c.lim).release(c.Key)
 	}
 	return nil
 }
@@ -326,8 +263,8 @@ func (s *MemoryStore) TopKeys(rule string, n int) []KeyCount {
 	return out[:min(n, len(out))]
 }
 
-// Count returns the slots key holds under rule.
-func (s *MemoryStore) Count(rule string, k keys.Key) int {
+// count returns the slots key holds under rule.
+func (s *MemoryStore) count(rule string, k keys.Key) int {
 	r, ok := (*s.rules.Load())[rule]
 	if !ok {
 		return 0

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
@@ -17,32 +16,16 @@ import (
 	"github.com/wslimit/wslimit/keys/identity"
 )
 
-// Defaults applied by New where a Config leaves a field at its zero value.
+// Defaults applied by New where a Config leaves a field at its zero value,
+// and the bound on rules (docs/policy.md gives each).
 const (
-	DefaultMaxKeys       = 100000
-	DefaultIPv4Prefix    = 24
-	DefaultIPv6Prefix    = 64
-	DefaultCapRetryAfter = time.Second
-	MaxRules             = 32
-)
-
-// Mode values.
-const (
-	ModeEnforce = "enforce"
-	ModeDryRun  = "dry_run"
-)
-
-// Reject modes.
-const (
-	RejectStatus = "status" // HTTP 429 / 401 before the upgrade
-	RejectClose  = "close"  // upgrade, then close 1013 / 1008 with a reason
-	RejectAuto   = "auto"   // close for browsers (Origin present), status otherwise
-)
-
-// Defaults of the bounded close path.
-const (
-	DefaultMaxClosing      = 256
-	DefaultMaxClosingPerIP = 16
+	defaultMaxKeys         = 100000
+	defaultIPv4Prefix      = 24
+	defaultIPv6Prefix      = 64
+	defaultCapRetryAfter   = time.Second
+	defaultMaxClosing      = 256
+	defaultMaxClosingPerIP = 16
+	maxRules               = 32
 )
 
 // Error is a policy error that says where the problem is: Path names the
@@ -81,109 +64,68 @@ func (e *Error) Error() string {
 // Unwrap returns the underlying cause, if any.
 func (e *Error) Unwrap() error { return e.Err }
 
-// KeyKind is what a rule counts by.
-type KeyKind uint8
+// keyKind is what a rule counts by.
+type keyKind uint8
 
-// Rule key kinds.
 const (
-	KeyIP KeyKind = iota + 1
-	KeySubnet
-	KeyGlobal
-	KeyHeader
-	KeyJWT
-	KeyCookie
+	keyIP keyKind = iota + 1
+	keySubnet
+	keyGlobal
+	keyHeader
+	keyJWT
+	keyCookie
 )
 
-// Rule is one compiled rule. Rules are immutable once built.
-type Rule struct {
-	Name        string
-	Kind        KeyKind
-	Param       string // header name, JWT claim or cookie name
-	IPv4Prefix  int
-	IPv6Prefix  int
-	Connections int
-	Limit       rate.Limit
-	Burst       int
-	RejectMiss  bool // on_missing: reject
-	MaxKeys     int
-	Refuse      bool // state.on_full: refuse
-	// TierClaim and Tiers choose other limits by a verified JWT claim.
-	TierClaim string
-	Tiers     map[string]Tier
-
-	lim *limits // what the rule's claims share
-}
-
-// Tier is a compiled tier: the limits a claim value selects.
-type Tier struct {
-	Connections int
-	Limit       rate.Limit
-	Burst       int
-
-	lim *limits // what the tier's claims share
+// rule is one compiled rule: how its key is taken from a request, and the
+// claim (without a key) it puts to the store.
+type rule struct {
+	claim      Claim // the rule's name and limits, defaults filled in
+	kind       keyKind
+	param      string           // header name, JWT claim or cookie name
+	v4, v6     int              // prefix lengths of subnet keys
+	rejectMiss bool             // on_missing: reject
+	cookie     *identity.Cookie // for key: cookie
+	// tierClaim and tiers choose other limits by a verified JWT claim:
+	// tiers maps a claim value to the rule's claim with that tier's limits.
+	tierClaim string
+	tiers     map[string]Claim
 }
 
 // Policy is a validated, compiled policy. It is immutable and safe for
 // concurrent use; a reload builds a new Policy.
 type Policy struct {
-	cfg             Config
-	clientIP        *keys.ClientIP
-	exempt          []netip.Prefix
-	rules           []Rule
-	dryRun          bool
-	rejectMode      string
-	capRetryAfter   time.Duration
-	maxClosing      int
-	maxClosingPerIP int
-	jwt             *identity.JWT
-	cookies         map[string]*identity.Cookie // by cookie name
-}
-
-// JWT returns the policy's token verifier, nil when identity.jwt is not
-// configured.
-func (p *Policy) JWT() *identity.JWT { return p.jwt }
-
-// StripTokenProtocols returns h without Sec-WebSocket-Protocol entries that
-// carry a token (identity.jwt from: subprotocol), so a token is never
-// selected and echoed as the connection's subprotocol; h itself when the
-// policy takes no token from the subprotocol.
-func (p *Policy) StripTokenProtocols(h http.Header) http.Header {
-	if p.jwt == nil {
-		return h
-	}
-	return p.jwt.StripTokenProtocols(h)
+	cfg      Config
+	clientIP *keys.ClientIP
+	exempt   []netip.Prefix
+	rules    []rule
+	dryRun   bool
+	reject   RejectConfig // defaults filled in
+	jwt      *identity.JWT
+	listener *ListenerLimits // nil without a listener section
 }
 
 // Config returns the configuration the policy was built from (with
 // defaults not filled in). Callers must not modify its slices.
 func (p *Policy) Config() Config { return p.cfg }
 
-// Rules returns the compiled rules in evaluation order. Callers must not
-// modify the slice.
-func (p *Policy) Rules() []Rule { return p.rules }
+// Rules returns, for each rule in evaluation order, the claim its
+// handshakes put to the store, without a key: the rule's name and its
+// limits with defaults filled in (tiers not applied).
+func (p *Policy) Rules() []Claim {
+	out := make([]Claim, len(p.rules))
+	for i := range p.rules {
+		out[i] = p.rules[i].claim
+	}
+	return out
+}
 
-// DryRun reports whether the policy only reports what it would reject.
-func (p *Policy) DryRun() bool { return p.dryRun }
+// Reject returns how the policy answers refused handshakes: the reject
+// section with its defaults filled in (Mode is "status", "close" or
+// "auto"; MaxClosing, MaxClosingPerIP and CapRetryAfter are positive).
+func (p *Policy) Reject() RejectConfig { return p.reject }
 
-// RejectMode is RejectStatus, RejectClose or RejectAuto.
-func (p *Policy) RejectMode() string { return p.rejectMode }
-
-// MaxClosing bounds refused connections being closed at once (close and
-// auto modes), overall and per client address.
-func (p *Policy) MaxClosing() (overall, perIP int) { return p.maxClosing, p.maxClosingPerIP }
-
-// RateLimitHeaders reports whether status refusals carry the IETF draft's
-// RateLimit-Policy and RateLimit headers.
-func (p *Policy) RateLimitHeaders() bool { return p.cfg.Reject.RateLimitHeaders }
-
-// CapRetryAfter is the Retry-After sent when a connection cap refuses.
-func (p *Policy) CapRetryAfter() time.Duration { return p.capRetryAfter }
-
-// ClientIP returns the policy's client-address resolver.
-func (p *Policy) ClientIP() *keys.ClientIP { return p.clientIP }
-
-// Exempt reports whether addr is in an exempt block.
-func (p *Policy) Exempt(addr netip.Addr) bool {
+// exempted reports whether addr is in an exempt block.
+func (p *Policy) exempted(addr netip.Addr) bool {
 	for _, e := range p.exempt {
 		if e.Contains(addr) {
 			return true
@@ -199,204 +141,281 @@ func (v *validator) add(path, format string, args ...any) {
 	v.errs = append(v.errs, &Error{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
+func (v *validator) wrap(path, msg string, err error) {
+	v.errs = append(v.errs, &Error{Path: path, Msg: msg, Err: err})
+}
+
 // New validates cfg and compiles it into a Policy. All problems are
 // reported together, each as an *Error naming its path.
 func New(cfg Config) (*Policy, error) {
 	v := &validator{}
 	p := &Policy{cfg: cfg}
-
 	if cfg.Version != 1 {
 		v.add("version", "must be 1 (got %d)", cfg.Version)
 	}
-
-	trusted := parsePrefixes(v, "client_ip.trusted_proxies", cfg.ClientIP.TrustedProxies)
-	header := cfg.ClientIP.Header
-	if header == "" && len(trusted) > 0 {
-		header = "X-Forwarded-For"
-	}
-	if header != "" && len(trusted) == 0 {
-		v.add("client_ip.header", "a forwarding header needs client_ip.trusted_proxies: from an untrusted peer it is the client's word")
-	}
-	if ci, err := keys.NewClientIP(trusted, header); err != nil {
-		v.errs = append(v.errs, &Error{Path: "client_ip.header", Msg: "invalid", Err: err})
-	} else {
-		p.clientIP = ci
-	}
+	p.clientIP = compileClientIP(v, cfg.ClientIP)
 	p.exempt = parsePrefixes(v, "exempt", cfg.Exempt)
-	compileIdentity(v, p, cfg.Identity)
-
-	maxKeys := cfg.State.MaxKeys
-	switch {
-	case maxKeys < 0:
-		v.add("state.max_keys", "must not be negative (got %d)", maxKeys)
-	case maxKeys == 0:
-		maxKeys = DefaultMaxKeys
-	}
-	refuse := false
-	switch cfg.State.OnFull {
-	case "", "evict":
-	case "refuse":
-		refuse = true
-	default:
-		v.add("state.on_full", "must be evict or refuse (got %q)", cfg.State.OnFull)
-	}
-	switch cfg.State.Store {
-	case "", "memory":
-	case "redis":
-		validateRedis(v, cfg.State.Redis)
-	default:
-		v.add("state.store", "must be memory or redis (got %q)", cfg.State.Store)
-	}
-
-	if cfg.Listener != nil {
-		lc := *cfg.Listener // the caller's Config stays as written
-		validateListener(v, &lc)
-		p.cfg.Listener = &lc
-	}
-
-	switch cfg.Reject.Mode {
-	case "", RejectStatus:
-		p.rejectMode = RejectStatus
-	case RejectClose, RejectAuto:
-		p.rejectMode = cfg.Reject.Mode
-	default:
-		v.add("reject.mode", "must be status, close or auto (got %q)", cfg.Reject.Mode)
-	}
-	p.maxClosing, p.maxClosingPerIP = cfg.Reject.MaxClosing, cfg.Reject.MaxClosingPerIP
-	switch {
-	case p.maxClosing < 0:
-		v.add("reject.max_closing", "must not be negative")
-	case p.maxClosing == 0:
-		p.maxClosing = DefaultMaxClosing
-	}
-	switch {
-	case p.maxClosingPerIP < 0:
-		v.add("reject.max_closing_per_ip", "must not be negative")
-	case p.maxClosingPerIP == 0:
-		p.maxClosingPerIP = DefaultMaxClosingPerIP
-	}
-	p.capRetryAfter = cfg.Reject.CapRetryAfter
-	switch {
-	case p.capRetryAfter < 0:
-		v.add("reject.cap_retry_after", "must not be negative")
-	case p.capRetryAfter == 0:
-		p.capRetryAfter = DefaultCapRetryAfter
-	}
-
-	switch cfg.Mode {
-	case "", ModeEnforce:
-	case ModeDryRun:
-		p.dryRun = true
-	default:
-		v.add("mode", "must be enforce or dry_run (got %q)", cfg.Mode)
-	}
-
-	if len(cfg.Rules) == 0 {
-		v.add("rules", "a policy needs at least one rule")
-	}
-	if len(cfg.Rules) > MaxRules {
-		v.add("rules", "at most %d rules (got %d)", MaxRules, len(cfg.Rules))
-	}
-	names := map[string]int{}
-	for i, rc := range cfg.Rules {
-		path := fmt.Sprintf("rules[%d]", i)
-		r, ok := compileRule(v, path, rc, cfg)
-		if !ok {
-			continue
-		}
-		if j, dup := names[r.Name]; dup {
-			v.add(path+".name", "duplicate rule name %q (also rules[%d])", r.Name, j)
-			continue
-		}
-		names[r.Name] = i
-		if r.MaxKeys == 0 {
-			r.MaxKeys = maxKeys
-		}
-		r.Refuse = refuse
-		st := &ruleState{maxKeys: r.MaxKeys, refuse: refuse}
-		r.lim = &limits{rule: r.Name, conns: r.Connections, limit: r.Limit, burst: r.Burst, state: st}
-		for name, t := range r.Tiers {
-			t.lim = &limits{rule: r.Name, conns: t.Connections, limit: t.Limit, burst: t.Burst, state: st}
-			r.Tiers[name] = t
-		}
-		if r.Kind == KeyCookie {
-			if _, ok := p.cookies[r.Param]; !ok {
-				p.cookies[r.Param] = newCookie(r.Param, cfg.Identity.Session)
-			}
-		}
-		p.rules = append(p.rules, r)
-	}
-
+	p.jwt = compileIdentity(v, cfg.Identity)
+	defaults := compileState(v, cfg.State)
+	p.reject = compileReject(v, cfg.Reject)
+	p.dryRun = compileMode(v, cfg.Mode)
+	p.rules = compileRules(v, cfg, defaults)
+	p.listener = compileListener(v, cfg, parsePrefixes(&validator{}, "", cfg.ClientIP.TrustedProxies))
 	if len(v.errs) > 0 {
 		return nil, errors.Join(v.errs...)
 	}
 	return p, nil
 }
 
-func compileRule(v *validator, path string, rc RuleConfig, cfg Config) (Rule, bool) {
+// compileClientIP builds the client-address resolver.
+func compileClientIP(v *validator, c ClientIPConfig) *keys.ClientIP {
+	trusted := parsePrefixes(v, "client_ip.trusted_proxies", c.TrustedProxies)
+	header := c.Header
+	if header == "" && len(trusted) > 0 {
+		header = "X-Forwarded-For"
+	}
+	if header != "" && len(trusted) == 0 {
+		v.add("client_ip.header", "a forwarding header needs client_ip.trusted_proxies: from an untrusted peer it is the client's word")
+	}
+	ci, err := keys.NewClientIP(trusted, header)
+	if err != nil {
+		v.wrap("client_ip.header", "invalid", err)
+	}
+	return ci
+}
+
+// compileIdentity builds the token verifier (nil without identity.jwt) and
+// checks the session settings; key files and secrets are read here, so a
+// policy that loads has working keys.
+func compileIdentity(v *validator, ic IdentityConfig) *identity.JWT {
+	var j *identity.JWT
+	if ic.JWT != nil {
+		var err error
+		if j, err = identity.NewJWT(*ic.JWT); err != nil {
+			v.wrap("identity.jwt", "invalid", err)
+		}
+	}
+	if s := ic.Session; s != nil {
+		if s.Cookie != "" && !validCookieName(s.Cookie) {
+			v.add("identity.session.cookie", "%q is not a cookie name", s.Cookie)
+		}
+		if s.HMACSecretEnv != "" && s.Verify == nil && len(os.Getenv(s.HMACSecretEnv)) < 32 {
+			v.add("identity.session.hmac_secret_env", "environment variable %s must hold a secret of at least 32 bytes", s.HMACSecretEnv)
+		}
+	}
+	return j
+}
+
+// stateDefaults are what the state section gives every rule.
+type stateDefaults struct {
+	maxKeys int
+	refuse  bool
+}
+
+// compileState checks the state section and returns what it gives rules.
+func compileState(v *validator, sc StateConfig) stateDefaults {
+	d := stateDefaults{maxKeys: sc.MaxKeys}
+	switch {
+	case d.maxKeys < 0:
+		v.add("state.max_keys", "must not be negative (got %d)", d.maxKeys)
+	case d.maxKeys == 0:
+		d.maxKeys = defaultMaxKeys
+	}
+	switch sc.OnFull {
+	case "", "evict":
+	case "refuse":
+		d.refuse = true
+	default:
+		v.add("state.on_full", "must be evict or refuse (got %q)", sc.OnFull)
+	}
+	switch sc.Store {
+	case "", "memory":
+	case "redis":
+		sc.Redis.validate(v)
+	default:
+		v.add("state.store", "must be memory or redis (got %q)", sc.Store)
+	}
+	return d
+}
+
+// compileReject checks the reject section and fills in its defaults.
+func compileReject(v *validator, rc RejectConfig) RejectConfig {
+	switch rc.Mode {
+	case "":
+		rc.Mode = "status"
+	case "status", "close", "auto":
+	default:
+		v.add("reject.mode", "must be status, close or auto (got %q)", rc.Mode)
+	}
+	rc.MaxClosing = positive(v, "reject.max_closing", rc.MaxClosing, defaultMaxClosing)
+	rc.MaxClosingPerIP = positive(v, "reject.max_closing_per_ip", rc.MaxClosingPerIP, defaultMaxClosingPerIP)
+	rc.CapRetryAfter = positive(v, "reject.cap_retry_after", rc.CapRetryAfter, defaultCapRetryAfter)
+	return rc
+}
+
+// positive returns n, or def when n is zero; a negative n is an error.
+func positive[T int | time.Duration](v *validator, path string, n, def T) T {
+	switch {
+	case n < 0:
+		v.add(path, "must not be negative")
+	case n == 0:
+		return def
+	}
+	return n
+}
+
+// compileMode reports whether mode is dry_run.
+func compileMode(v *validator, mode string) bool {
+	switch mode {
+	case "", "enforce":
+	case "dry_run":
+		return true
+	default:
+		v.add("mode", "must be enforce or dry_run (got %q)", mode)
+	}
+	return false
+}
+
+// compileRules compiles every rule; rules with errors are left out.
+func compileRules(v *validator, cfg Config, defaults stateDefaults) []rule {
+	if len(cfg.Rules) == 0 {
+		v.add("rules", "a policy needs at least one rule")
+	}
+	if len(cfg.Rules) > maxRules {
+		v.add("rules", "at most %d rules (got %d)", maxRules, len(cfg.Rules))
+	}
+	var rules []rule
+	names := map[string]int{}
+	cookies := map[string]*identity.Cookie{} // one per cookie name
+	for i, rc := range cfg.Rules {
+		path := fmt.Sprintf("rules[%d]", i)
+		r, ok := compileRule(v, path, rc, cfg.Identity, defaults)
+		if !ok {
+			continue
+		}
+		if j, dup := names[rc.Name]; dup {
+			v.add(path+".name", "duplicate rule name %q (also rules[%d])", rc.Name, j)
+			continue
+		}
+		names[rc.Name] = i
+		if r.kind == keyCookie {
+			if cookies[r.param] == nil {
+				cookies[r.param] = newCookie(r.param, cfg.Identity.Session)
+			}
+			r.cookie = cookies[r.param]
+		}
+		rules = append(rules, r)
+	}
+	return rules
+}
+
+// compileRule compiles one rule; false when it has errors.
+func compileRule(v *validator, path string, rc RuleConfig, ic IdentityConfig, defaults stateDefaults) (rule, bool) {
 	n := len(v.errs)
-	r := Rule{Name: rc.Name, Connections: rc.Connections, MaxKeys: rc.MaxKeys}
 	if !validName(rc.Name) {
 		v.add(path+".name", "must be 1-64 characters of letters, digits, '-', '_' or '.' (got %q)", rc.Name)
 	}
-	switch k := rc.Key; {
-	case k == "ip":
-		r.Kind = KeyIP
-	case k == "subnet":
-		r.Kind = KeySubnet
-	case k == "global":
-		r.Kind = KeyGlobal
-	case strings.HasPrefix(k, "header:"):
-		r.Kind, r.Param = KeyHeader, strings.TrimPrefix(k, "header:")
-		if r.Param == "" || strings.ContainsAny(r.Param, " \t:") {
-			v.add(path+".key", "header:NAME needs a header name (got %q)", k)
-		}
-	case k == "jwt" || strings.HasPrefix(k, "jwt."):
-		r.Kind, r.Param = KeyJWT, strings.TrimPrefix(strings.TrimPrefix(k, "jwt"), ".")
-		if cfg.Identity.JWT == nil {
-			v.add(path+".key", "key %q needs identity.jwt to be configured", k)
-		}
-	case k == "cookie" || strings.HasPrefix(k, "cookie:"):
-		r.Kind, r.Param = KeyCookie, strings.TrimPrefix(strings.TrimPrefix(k, "cookie"), ":")
-		if r.Param == "" && cfg.Identity.Session != nil {
-			r.Param = cfg.Identity.Session.Cookie
-		}
-		if r.Param == "" {
-			v.add(path+".key", "key cookie needs a name (cookie:NAME) or identity.session.cookie")
-		}
-	case k == "":
-		v.add(path+".key", "required: ip, subnet, global, header:NAME, jwt[.CLAIM] or cookie[:NAME]")
-	default:
-		v.add(path+".key", "unknown key %q: want ip, subnet, global, header:NAME, jwt[.CLAIM] or cookie[:NAME]", k)
-	}
-
-	r.IPv4Prefix, r.IPv6Prefix = rc.IPv4Prefix, rc.IPv6Prefix
-	if r.Kind == KeySubnet {
-		if r.IPv4Prefix == 0 {
-			r.IPv4Prefix = DefaultIPv4Prefix
-		}
-		if r.IPv6Prefix == 0 {
-			r.IPv6Prefix = DefaultIPv6Prefix
-		}
-		if r.IPv4Prefix < 1 || r.IPv4Prefix > 32 {
-			v.add(path+".ipv4_prefix", "must be between 1 and 32 (got %d)", r.IPv4Prefix)
-		}
-		if r.IPv6Prefix < 1 || r.IPv6Prefix > 128 {
-			v.add(path+".ipv6_prefix", "must be between 1 and 128 (got %d)", r.IPv6Prefix)
-		}
-	} else if rc.IPv4Prefix != 0 || rc.IPv6Prefix != 0 {
-		v.add(path+".ipv4_prefix", "prefix lengths apply only to key: subnet")
-	}
-
+	r := rule{claim: Claim{Rule: rc.Name, Conns: rc.Connections, MaxKeys: rc.MaxKeys, RefuseWhenFull: defaults.refuse}}
+	r.kind, r.param = ruleKey(v, path+".key", rc.Key, ic)
+	r.v4, r.v6 = rulePrefixes(v, path, rc, r.kind)
 	if rc.Connections < 0 {
 		v.add(path+".connections", "must not be negative (got %d)", rc.Connections)
 	}
+	r.claim.Limit, r.claim.Burst = ruleRate(v, path, rc)
+	if rc.Connections == 0 && rc.Rate == "" {
+		v.add(path, "rule %q limits nothing: set connections, rate, or both", rc.Name)
+	}
+	switch rc.OnMissing {
+	case "", "skip":
+	case "reject":
+		r.rejectMiss = true
+	default:
+		v.add(path+".on_missing", "must be skip or reject (got %q)", rc.OnMissing)
+	}
+	switch {
+	case rc.MaxKeys < 0:
+		v.add(path+".max_keys", "must not be negative (got %d)", rc.MaxKeys)
+	case rc.MaxKeys == 0:
+		r.claim.MaxKeys = defaults.maxKeys
+	}
+	if rc.Tiers != nil {
+		r.tierClaim, r.tiers = compileTiers(v, path+".tiers", r.claim, rc.Tiers, ic)
+	}
+	return r, len(v.errs) == n
+}
+
+// ruleKey parses a rule's key: its kind and parameter.
+func ruleKey(v *validator, path, k string, ic IdentityConfig) (keyKind, string) {
+	switch {
+	case k == "ip":
+		return keyIP, ""
+	case k == "subnet":
+		return keySubnet, ""
+	case k == "global":
+		return keyGlobal, ""
+	case strings.HasPrefix(k, "header:"):
+		name := strings.TrimPrefix(k, "header:")
+		if name == "" || strings.ContainsAny(name, " \t:") {
+			v.add(path, "header:NAME needs a header name (got %q)", k)
+		}
+		return keyHeader, name
+	case k == "jwt" || strings.HasPrefix(k, "jwt."):
+		if ic.JWT == nil {
+			v.add(path, "key %q needs identity.jwt to be configured", k)
+		}
+		return keyJWT, strings.TrimPrefix(strings.TrimPrefix(k, "jwt"), ".")
+	case k == "cookie" || strings.HasPrefix(k, "cookie:"):
+		name := strings.TrimPrefix(strings.TrimPrefix(k, "cookie"), ":")
+		if name == "" && ic.Session != nil {
+			name = ic.Session.Cookie
+		}
+		if name == "" {
+			v.add(path, "key cookie needs a name (cookie:NAME) or identity.session.cookie")
+		}
+		return keyCookie, name
+	case k == "":
+		v.add(path, "required: ip, subnet, global, header:NAME, jwt[.CLAIM] or cookie[:NAME]")
+	default:
+		v.add(path, "unknown key %q: want ip, subnet, global, header:NAME, jwt[.CLAIM] or cookie[:NAME]", k)
+	}
+	return 0, ""
+}
+
+// rulePrefixes returns the prefix lengths of a subnet rule's keys.
+func rulePrefixes(v *validator, path string, rc RuleConfig, kind keyKind) (v4, v6 int) {
+	if kind != keySubnet {
+		if rc.IPv4Prefix != 0 || rc.IPv6Prefix != 0 {
+			v.add(path+".ipv4_prefix", "prefix lengths apply only to key: subnet")
+		}
+		return rc.IPv4Prefix, rc.IPv6Prefix
+	}
+	v4, v6 = orDefault(rc.IPv4Prefix, defaultIPv4Prefix), orDefault(rc.IPv6Prefix, defaultIPv6Prefix)
+	if v4 < 1 || v4 > 32 {
+		v.add(path+".ipv4_prefix", "must be between 1 and 32 (got %d)", v4)
+	}
+	if v6 < 1 || v6 > 128 {
+		v.add(path+".ipv6_prefix", "must be between 1 and 128 (got %d)", v6)
+	}
+	return v4, v6
+}
+
+// orDefault returns n, or def when n is zero.
+func orDefault(n, def int) int {
+	if n == 0 {
+		return def
+	}
+	return n
+}
+
+// ruleRate parses a rule's rate and burst (by default the rate per second,
+// rounded up, at least 1).
+func ruleRate(v *validator, path string, rc RuleConfig) (rate.Limit, int) {
+	var lim rate.Limit
 	if rc.Rate != "" {
-		lim, err := ParseRate(rc.Rate)
-		if err != nil {
+		var err error
+		if lim, err = parseRate(rc.Rate); err != nil {
 			v.errs = append(v.errs, &Error{Path: path + ".rate", Msg: err.Error()})
 		}
-		r.Limit = lim
 	}
 	switch {
 	case rc.Burst < 0:
@@ -404,31 +423,20 @@ func compileRule(v *validator, path string, rc RuleConfig, cfg Config) (Rule, bo
 	case rc.Burst > 0 && rc.Rate == "":
 		v.add(path+".burst", "burst needs a rate")
 	case rc.Burst > 0:
-		r.Burst = rc.Burst
-	case r.Limit > 0:
-		r.Burst = max(1, int(math.Ceil(float64(r.Limit))))
+		return lim, rc.Burst
+	case lim > 0:
+		return lim, defaultBurst(lim)
 	}
-	if rc.Connections == 0 && rc.Rate == "" {
-		v.add(path, "rule %q limits nothing: set connections, rate, or both", rc.Name)
-	}
-	switch rc.OnMissing {
-	case "", "skip":
-	case "reject":
-		r.RejectMiss = true
-	default:
-		v.add(path+".on_missing", "must be skip or reject (got %q)", rc.OnMissing)
-	}
-	if rc.MaxKeys < 0 {
-		v.add(path+".max_keys", "must not be negative (got %d)", rc.MaxKeys)
-	}
-	if rc.Tiers != nil {
-		compileTiers(v, path+".tiers", &r, rc.Tiers, cfg)
-	}
-	return r, len(v.errs) == n
+	return lim, 0
 }
 
-func compileTiers(v *validator, path string, r *Rule, tc *TiersConfig, cfg Config) {
-	if cfg.Identity.JWT == nil {
+// defaultBurst is a bucket's size when the policy names none.
+func defaultBurst(lim rate.Limit) int { return max(1, int(math.Ceil(float64(lim)))) }
+
+// compileTiers compiles a rule's tiers: base (the rule's claim) with each
+// tier's limits.
+func compileTiers(v *validator, path string, base Claim, tc *TiersConfig, ic IdentityConfig) (string, map[string]Claim) {
+	if ic.JWT == nil {
 		v.add(path, "tiers need identity.jwt: a tier is chosen by a verified claim")
 	}
 	if tc.Claim == "" {
@@ -437,68 +445,48 @@ func compileTiers(v *validator, path string, r *Rule, tc *TiersConfig, cfg Confi
 	if len(tc.Values) == 0 {
 		v.add(path+".values", "at least one tier")
 	}
-	r.TierClaim = tc.Claim
-	r.Tiers = make(map[string]Tier, len(tc.Values))
+	tiers := make(map[string]Claim, len(tc.Values))
 	for name, t := range tc.Values {
-		tp := path + ".values." + name
-		tier := Tier{Connections: r.Connections, Limit: r.Limit, Burst: r.Burst}
-		switch {
-		case t.Connections < 0:
-			v.add(tp+".connections", "must not be negative (got %d)", t.Connections)
-		case t.Connections > 0:
-			if r.Connections == 0 {
-				v.add(tp+".connections", "the rule has no connection cap to raise or lower")
-			}
-			tier.Connections = t.Connections
-		}
-		if t.Rate != "" {
-			if r.Limit == 0 {
-				v.add(tp+".rate", "the rule has no rate to change")
-			}
-			lim, err := ParseRate(t.Rate)
-			if err != nil {
-				v.errs = append(v.errs, &Error{Path: tp + ".rate", Msg: err.Error()})
-			}
-			tier.Limit = lim
-			if t.Burst == 0 {
-				tier.Burst = max(1, int(math.Ceil(float64(lim))))
-			}
-		}
-		switch {
-		case t.Burst < 0:
-			v.add(tp+".burst", "must not be negative (got %d)", t.Burst)
-		case t.Burst > 0:
-			if tier.Limit == 0 {
-				v.add(tp+".burst", "burst needs a rate")
-			}
-			tier.Burst = t.Burst
-		}
-		r.Tiers[name] = tier
+		tiers[name] = compileTier(v, path+".values."+name, base, t)
 	}
+	return tc.Claim, tiers
 }
 
-// compileIdentity builds the token verifier and checks the session
-// settings; key files and secrets are read here, so a policy that loads
-// has working keys.
-func compileIdentity(v *validator, p *Policy, ic IdentityConfig) {
-	p.cookies = map[string]*identity.Cookie{}
-	if ic.JWT != nil {
-		j, err := identity.NewJWT(*ic.JWT)
+// compileTier returns base with the limits of tier t.
+func compileTier(v *validator, path string, base Claim, t TierConfig) Claim {
+	c := base
+	switch {
+	case t.Connections < 0:
+		v.add(path+".connections", "must not be negative (got %d)", t.Connections)
+	case t.Connections > 0:
+		if base.Conns == 0 {
+			v.add(path+".connections", "the rule has no connection cap to raise or lower")
+		}
+		c.Conns = t.Connections
+	}
+	if t.Rate != "" {
+		if base.Limit == 0 {
+			v.add(path+".rate", "the rule has no rate to change")
+		}
+		lim, err := parseRate(t.Rate)
 		if err != nil {
-			v.errs = append(v.errs, &Error{Path: "identity.jwt", Msg: "invalid", Err: err})
+			v.errs = append(v.errs, &Error{Path: path + ".rate", Msg: err.Error()})
 		}
-		p.jwt = j
-	}
-	if s := ic.Session; s != nil {
-		if s.Cookie != "" && !validCookieName(s.Cookie) {
-			v.add("identity.session.cookie", "%q is not a cookie name", s.Cookie)
-		}
-		if s.HMACSecretEnv != "" && s.Verify == nil {
-			if len(os.Getenv(s.HMACSecretEnv)) < 32 {
-				v.add("identity.session.hmac_secret_env", "environment variable %s must hold a secret of at least 32 bytes", s.HMACSecretEnv)
-			}
+		c.Limit = lim
+		if t.Burst == 0 {
+			c.Burst = defaultBurst(lim)
 		}
 	}
+	switch {
+	case t.Burst < 0:
+		v.add(path+".burst", "must not be negative (got %d)", t.Burst)
+	case t.Burst > 0:
+		if c.Limit == 0 {
+			v.add(path+".burst", "burst needs a rate")
+		}
+		c.Burst = t.Burst
+	}
+	return c
 }
 
 func newCookie(name string, s *SessionConfig) *identity.Cookie {
@@ -527,7 +515,17 @@ func validCookieName(s string) bool {
 	return true
 }
 
-func validateRedis(v *validator, rc RedisConfig) {
+// Validate checks a redis section as New checks that of a policy whose
+// state.store is redis, and reports every problem as an *Error naming its
+// path. It is the one definition of the values on_error accepts: stores
+// built from a RedisConfig call it rather than check again.
+func (rc RedisConfig) Validate() error {
+	v := &validator{}
+	rc.validate(v)
+	return errors.Join(v.errs...)
+}
+
+func (rc RedisConfig) validate(v *validator) {
 	if len(rc.Addrs) == 0 {
 		v.add("state.redis.addrs", "state.store redis needs at least one address")
 	}
@@ -563,7 +561,7 @@ func validName(s string) bool {
 func parsePrefixes(v *validator, path string, in []string) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(in))
 	for i, s := range in {
-		p, err := ParsePrefix(s)
+		p, err := parsePrefix(s)
 		if err != nil {
 			v.errs = append(v.errs, &Error{Path: fmt.Sprintf("%s[%d]", path, i), Msg: err.Error()})
 			continue
@@ -573,10 +571,10 @@ func parsePrefixes(v *validator, path string, in []string) []netip.Prefix {
 	return out
 }
 
-// ParsePrefix parses a CIDR block ("10.0.0.0/8", "2001:db8::/32") or a
+// parsePrefix parses a CIDR block ("10.0.0.0/8", "2001:db8::/32") or a
 // single address, which becomes a full-length prefix. Host bits must be
 // zero, so a typo such as 10.0.0.1/8 is caught.
-func ParsePrefix(s string) (netip.Prefix, error) {
+func parsePrefix(s string) (netip.Prefix, error) {
 	s = strings.TrimSpace(s)
 	if !strings.Contains(s, "/") {
 		a, err := netip.ParseAddr(s)
@@ -602,9 +600,9 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// ParseRate parses a handshake rate: "10/s", "100/m", "5/h", "3/10s",
+// parseRate parses a handshake rate: "10/s", "100/m", "5/h", "3/10s",
 // "0.5/s". The count must be positive.
-func ParseRate(s string) (rate.Limit, error) {
+func parseRate(s string) (rate.Limit, error) {
 	num, per, ok := strings.Cut(strings.TrimSpace(s), "/")
 	if !ok {
 		return 0, fmt.Errorf("rate %q: want COUNT/PERIOD such as 10/s, 100/m, 5/h or 3/10s", s)

@@ -10,76 +10,28 @@ import (
 )
 
 // Claim is what one rule asks of a Store for one handshake: a connection
-// slot under a cap, a token from a bucket, or both, for one key. The rule's
-// name and limits are shared with every claim of the same rule (and tier),
-// not copied into each: a Decision keeps its claims for the life of the
-// connection.
+// slot under a cap, a token from a bucket, or both, for one key, with the
+// limits of the rule (or of the tier that applies).
 type Claim struct {
+	// Rule is the rule's name. Stores keep state by rule name, so a
+	// reloaded policy keeps the counts of the rules it keeps.
+	Rule string
 	// Key is the key the rule counts by.
 	Key keys.Key
-
-	lim *limits
-}
-
-// limits are what the claims of one rule (or one tier of a rule) share.
-type limits struct {
-	rule  string
-	conns int
-	limit rate.Limit
-	burst int
-	// state is the compiled rule's shared state (its bucket-table bounds,
-	// and where a MemoryStore keeps its counters for it); nil for claims
-	// built by NewClaim.
-	state *ruleState
-}
-
-// noLimits is what a zero Claim reports.
-var noLimits = &limits{}
-
-// NewClaim returns a claim of rule for k, for stores and tests that build
-// claims outside a Limiter: conns is the connection cap (0 for none),
-// limit the handshake rate in tokens per second (0 for none) and burst the
-// bucket size.
-func NewClaim(rule string, k keys.Key, conns int, limit rate.Limit, burst int) Claim {
-	return Claim{Key: k, lim: &limits{rule: rule, conns: conns, limit: limit, burst: burst}}
-}
-
-func (c Claim) limits() *limits {
-	if c.lim == nil {
-		return noLimits
-	}
-	return c.lim
-}
-
-// Rule is the rule's name. Stores keep state by rule name, so a reloaded
-// policy keeps the counts of the rules it keeps.
-func (c Claim) Rule() string { return c.limits().rule }
-
-// Conns is the connection cap; 0 means the rule has no cap.
-func (c Claim) Conns() int { return c.limits().conns }
-
-// Limit is the handshake rate in tokens per second; 0 means the rule has
-// no rate limit.
-func (c Claim) Limit() rate.Limit { return c.limits().limit }
-
-// Burst is the bucket size (used only when Limit > 0).
-func (c Claim) Burst() int { return c.limits().burst }
-
-// MaxKeys bounds the number of token buckets the store keeps for the
-// claim's rule (state.max_keys or the rule's max_keys); 0 means the store's
-// default (a claim built by NewClaim).
-func (c Claim) MaxKeys() int {
-	if st := c.limits().state; st != nil {
-		return st.maxKeys
-	}
-	return 0
-}
-
-// RefuseWhenFull reports whether a full bucket table refuses new keys
-// (state.on_full: refuse) instead of evicting a bucket not used lately.
-func (c Claim) RefuseWhenFull() bool {
-	st := c.limits().state
-	return st != nil && st.refuse
+	// Conns is the connection cap; 0 means the rule has no cap.
+	Conns int
+	// Limit is the handshake rate in tokens per second; 0 means the rule
+	// has no rate limit.
+	Limit rate.Limit
+	// Burst is the bucket size (used only when Limit > 0).
+	Burst int
+	// MaxKeys bounds the number of token buckets the store keeps for the
+	// rule (state.max_keys or the rule's max_keys); 0 means the store's
+	// default.
+	MaxKeys int
+	// RefuseWhenFull makes a full bucket table refuse new keys
+	// (state.on_full: refuse) instead of evicting a bucket not used lately.
+	RefuseWhenFull bool
 }
 
 // Reason says why a claim was refused.

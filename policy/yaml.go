@@ -44,13 +44,6 @@ func Parse(data []byte, filename string) (*Policy, error) {
 	return p, nil
 }
 
-// DecodeYAML decodes a policy document into a Config without validating
-// it. Unknown fields and type mismatches are errors with line and column.
-func DecodeYAML(data []byte, filename string) (*Config, error) {
-	cfg, _, err := decodeYAML(data, filename)
-	return cfg, err
-}
-
 type position struct{ line, col int }
 
 func decodeYAML(data []byte, filename string) (*Config, map[string]position, error) {
@@ -204,56 +197,9 @@ func (d *decoder) decode(n ast.Node, v reflect.Value, path string, depth int) {
 		}
 		d.decode(n, v.Elem(), path, depth+1)
 	case reflect.Struct:
-		values, ok := mappingValues(n)
-		if !ok {
-			d.fail(n, path, "expected a mapping of %s fields, got %s", fieldsOf(v.Type()), describe(n))
-			return
-		}
-		seen := map[string]bool{}
-		for _, mv := range values {
-			key := d.resolve(mv.Key, path)
-			if key == nil {
-				continue
-			}
-			name := key.GetToken().Value
-			sub := join(path, name)
-			if seen[name] {
-				d.fail(mv.Key, sub, "duplicate field %q", name)
-				continue
-			}
-			seen[name] = true
-			f, ok := fieldByTag(v, name)
-			if !ok {
-				d.fail(mv.Key, sub, "unknown field %q (known: %s)", name, fieldsOf(v.Type()))
-				continue
-			}
-			d.decode(mv.Value, f, sub, depth+1)
-		}
+		d.decodeStruct(n, v, path, depth)
 	case reflect.Map:
-		values, ok := mappingValues(n)
-		if !ok {
-			d.fail(n, path, "expected a mapping, got %s", describe(n))
-			return
-		}
-		if v.IsNil() {
-			v.Set(reflect.MakeMap(v.Type()))
-		}
-		for _, mv := range values {
-			key := d.resolve(mv.Key, path)
-			if key == nil {
-				continue
-			}
-			name := key.GetToken().Value
-			sub := join(path, name)
-			kv := reflect.ValueOf(name).Convert(v.Type().Key())
-			if v.MapIndex(kv).IsValid() {
-				d.fail(mv.Key, sub, "duplicate key %q", name)
-				continue
-			}
-			ev := reflect.New(v.Type().Elem()).Elem()
-			d.decode(mv.Value, ev, sub, depth+1)
-			v.SetMapIndex(kv, ev)
-		}
+		d.decodeMap(n, v, path, depth)
 	case reflect.Slice:
 		s, ok := n.(*ast.SequenceNode)
 		if !ok {
@@ -267,6 +213,63 @@ func (d *decoder) decode(n ast.Node, v reflect.Value, path string, depth int) {
 		v.Set(out)
 	default:
 		d.scalar(n, v, path)
+	}
+}
+
+// decodeStruct decodes a mapping into the fields of v by their yaml tags.
+func (d *decoder) decodeStruct(n ast.Node, v reflect.Value, path string, depth int) {
+	values, ok := mappingValues(n)
+	if !ok {
+		d.fail(n, path, "expected a mapping of %s fields, got %s", fieldsOf(v.Type()), describe(n))
+		return
+	}
+	seen := map[string]bool{}
+	for _, mv := range values {
+		key := d.resolve(mv.Key, path)
+		if key == nil {
+			continue
+		}
+		name := key.GetToken().Value
+		sub := join(path, name)
+		if seen[name] {
+			d.fail(mv.Key, sub, "duplicate field %q", name)
+			continue
+		}
+		seen[name] = true
+		f, ok := fieldByTag(v, name)
+		if !ok {
+			d.fail(mv.Key, sub, "unknown field %q (known: %s)", name, fieldsOf(v.Type()))
+			continue
+		}
+		d.decode(mv.Value, f, sub, depth+1)
+	}
+}
+
+// decodeMap decodes a mapping into the map v.
+func (d *decoder) decodeMap(n ast.Node, v reflect.Value, path string, depth int) {
+	values, ok := mappingValues(n)
+	if !ok {
+		d.fail(n, path, "expected a mapping, got %s", describe(n))
+		return
+	}
+	if v.IsNil() {
+		v.Set(reflect.MakeMap(v.Type()))
+	}
+	for _, mv := range values {
+		key := d.resolve(mv.Key, path)
+		if key == nil {
+			continue
+		}
+		name := key.GetToken().Value
+		sub := join(path, name)
+		kv := reflect.ValueOf(name).Convert(v.Type().Key())
+		if v.MapIndex(kv).IsValid() {
+			d.fail(mv.Key, sub, "duplicate key %q", name)
+			continue
+		}
+		ev := reflect.New(v.Type().Elem()).Elem()
+		d.decode(mv.Value, ev, sub, depth+1)
+		v.SetMapIndex(kv, ev)
 	}
 }
 

@@ -45,33 +45,33 @@ func TestParseGoodPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
-	rules := p.Rules()
+	rules := p.rules
 	if got, want := len(rules), 4; got != want {
 		t.Fatalf("rules = %d, want %d", got, want)
 	}
 	ip := rules[0]
-	if ip.Kind != KeyIP || ip.Connections != 20 || ip.Limit != rate.Limit(10) || ip.Burst != 20 {
+	if ip.kind != keyIP || ip.claim.Conns != 20 || ip.claim.Limit != rate.Limit(10) || ip.claim.Burst != 20 {
 		t.Errorf("per-ip = %+v", ip)
 	}
-	if ip.MaxKeys != 5000 || !ip.Refuse {
-		t.Errorf("per-ip state: MaxKeys %d Refuse %v, want 5000 true", ip.MaxKeys, ip.Refuse)
+	if ip.claim.MaxKeys != 5000 || !ip.claim.RefuseWhenFull {
+		t.Errorf("per-ip state: MaxKeys %d Refuse %v, want 5000 true", ip.claim.MaxKeys, ip.claim.RefuseWhenFull)
 	}
 	sub := rules[1]
-	if sub.Kind != KeySubnet || sub.IPv4Prefix != 24 || sub.IPv6Prefix != 56 {
+	if sub.kind != keySubnet || sub.v4 != 24 || sub.v6 != 56 {
 		t.Errorf("per-subnet = %+v", sub)
 	}
 	tenant := rules[2]
-	if tenant.Kind != KeyHeader || tenant.Param != "X-Tenant" {
+	if tenant.kind != keyHeader || tenant.param != "X-Tenant" {
 		t.Errorf("per-tenant = %+v", tenant)
 	}
-	if got, want := float64(tenant.Limit), 100.0/60; got < want-1e-9 || got > want+1e-9 {
+	if got, want := float64(tenant.claim.Limit), 100.0/60; got < want-1e-9 || got > want+1e-9 {
 		t.Errorf("per-tenant limit = %v, want %v", got, want)
 	}
-	if tenant.Burst != 2 {
-		t.Errorf("default burst = %d, want ceil(rate per second) floored at 1 = 2", tenant.Burst)
+	if tenant.claim.Burst != 2 {
+		t.Errorf("default burst = %d, want ceil(rate per second) floored at 1 = 2", tenant.claim.Burst)
 	}
-	if !p.DryRun() || p.RejectMode() != RejectClose || p.CapRetryAfter() != 3*time.Second {
-		t.Errorf("dry %v mode %q cap retry %v", p.DryRun(), p.RejectMode(), p.CapRetryAfter())
+	if rj := p.Reject(); !p.dryRun || rj.Mode != "close" || rj.CapRetryAfter != 3*time.Second {
+		t.Errorf("dry %v mode %q cap retry %v", p.dryRun, rj.Mode, rj.CapRetryAfter)
 	}
 }
 
@@ -80,12 +80,12 @@ func TestParseDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := p.Rules()[0]
-	if r.IPv4Prefix != DefaultIPv4Prefix || r.IPv6Prefix != DefaultIPv6Prefix || r.MaxKeys != DefaultMaxKeys || r.Refuse {
+	r := p.rules[0]
+	if r.v4 != defaultIPv4Prefix || r.v6 != defaultIPv6Prefix || r.claim.MaxKeys != defaultMaxKeys || r.claim.RefuseWhenFull {
 		t.Errorf("defaults not applied: %+v", r)
 	}
-	if p.DryRun() || p.RejectMode() != RejectStatus || p.CapRetryAfter() != DefaultCapRetryAfter {
-		t.Errorf("policy defaults: dry %v mode %q retry %v", p.DryRun(), p.RejectMode(), p.CapRetryAfter())
+	if rj := p.Reject(); p.dryRun || rj.Mode != "status" || rj.CapRetryAfter != defaultCapRetryAfter {
+		t.Errorf("policy defaults: dry %v mode %q retry %v", p.dryRun, rj.Mode, rj.CapRetryAfter)
 	}
 }
 
@@ -178,7 +178,7 @@ func TestNewFromGo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := p.Rules()[0]; r.Connections != 3 || r.Limit != 5 || r.Burst != 5 {
+	if r := p.Rules()[0]; r.Conns != 3 || r.Limit != 5 || r.Burst != 5 {
 		t.Errorf("rule = %+v", r)
 	}
 	_, err = New(Config{Version: 1, Rules: []RuleConfig{{Name: "x", Key: "ip", Connections: -1}}})
@@ -195,14 +195,14 @@ func TestParseRate(t *testing.T) {
 		{"10/s", 10}, {"60/m", 1}, {"3600/h", 1}, {"3/10s", 0.3}, {"0.5/s", 0.5}, {" 2 / s ", 2},
 	}
 	for _, tt := range tests {
-		got, err := ParseRate(tt.in)
+		got, err := parseRate(tt.in)
 		if err != nil || got < tt.want-1e-9 || got > tt.want+1e-9 {
-			t.Errorf("ParseRate(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			t.Errorf("parseRate(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
 		}
 	}
 	for _, bad := range []string{"", "10", "10/", "/s", "-1/s", "x/s", "10/0s", "NaN/s", "Inf/s", "1/-1s"} {
-		if _, err := ParseRate(bad); err == nil {
-			t.Errorf("ParseRate(%q) succeeded", bad)
+		if _, err := parseRate(bad); err == nil {
+			t.Errorf("parseRate(%q) succeeded", bad)
 		}
 	}
 }

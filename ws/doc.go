@@ -11,7 +11,8 @@
 // the reason. With reject.mode close the handshake is instead accepted and
 // closed at once with 1013 (Try Again Later) or 1008 (Policy Violation) and
 // a reason, which browsers can read; such a connection never takes a slot,
-// and the number being closed at once is bounded (Options.MaxClosing).
+// and the number being closed at once is bounded (reject.max_closing and
+// reject.max_closing_per_ip).
 //
 // Guard.Middleware is the same admission for any http.Handler (other
 // WebSocket libraries, httputil.ReverseProxy): slots are released when the

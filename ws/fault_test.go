@@ -189,7 +189,7 @@ func (ft *faultTest) serve(w http.ResponseWriter, r *http.Request) {
 	cnt.upgraded.Add(1)
 	// Caps are exact at every admission, not only at the end.
 	if tenant := r.Header.Get("X-Tenant"); tenant != "" {
-		if n := ft.store.Count("tenant", keys.String(tenant)); n > 2 || n < 1 {
+		if n := slotsOf(ft.store, "tenant", keys.String(tenant)); n > 2 || n < 1 {
 			ft.errorf("%s: tenant %s holds %d slots right after an admission, cap 2", f, tenant, n)
 		}
 	}

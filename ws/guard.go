@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
@@ -84,8 +83,10 @@ type Options struct {
 // Guard admits WebSocket handshakes under a policy before upgrading them.
 // It is safe for concurrent use.
 type Guard struct {
-	lim *policy.Limiter
-	up  websocket.Upgrader
+	lim      *policy.Limiter
+	store    policy.Store
+	ownStore bool // store was created by New
+	up       websocket.Upgrader
 	// checked is up with CheckOrigin already answered: Upgrade runs the
 	// application's CheckOrigin once, before admission, and upgrades
 	// through checked so that it does not run again inside gorilla.
@@ -105,8 +106,14 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 	if p == nil {
 		return nil, errors.New("ws: nil policy")
 	}
+	store := opts.Store
+	if store == nil {
+		store = policy.NewMemoryStore()
+	}
 	g := &Guard{
-		lim:       policy.NewLimiter(p, policy.Options{Store: opts.Store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
+		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
+		store:     store,
+		ownStore:  opts.Store == nil,
 		up:        opts.Upgrader,
 		checked:   opts.Upgrader,
 		reject:    opts.Reject,
@@ -130,14 +137,17 @@ func (g *Guard) Limiter() *policy.Limiter { return g.lim }
 func (g *Guard) SetPolicy(p *policy.Policy) { g.lim.SetPolicy(p) }
 
 // Close waits for close-mode connections to finish closing and closes the
-// limiter's store if the guard created it. Live connections keep their
-// slots until they close.
+// store if the guard created it. Live connections keep their slots until
+// they close.
 func (g *Guard) Close() error {
 	g.mu.Lock()
 	g.closed = true
 	g.mu.Unlock()
 	g.wg.Wait()
-	return g.lim.Close()
+	if g.ownStore {
+		return g.store.Close()
+	}
+	return nil
 }
 
 // Conn is an admitted WebSocket connection. Closing it, by Close on it or
@@ -169,10 +179,6 @@ func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 	if !websocket.IsWebSocketUpgrade(r) || !g.checkOrigin(r) {
 		return nil, g.refuseUpgrade(w, r, responseHeader)
 	}
-	// Upgrade's frame sits under every frame of the admission, the deepest
-	// part of a guarded handshake: it is kept small, everything else is in
-	// upgrade, so that the admission more often fits in the stack the
-	// connection's goroutine already has (growing it copies the stack).
 	return g.upgrade(w, r, responseHeader, g.lim.Admit(r.Context(), r))
 }
 
@@ -190,7 +196,7 @@ func (g *Guard) refuseUpgrade(w http.ResponseWriter, r *http.Request, responseHe
 
 // upgrade acts on the decision d for r: writes the rejection, or upgrades.
 func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header, d *policy.Decision) (*Conn, error) {
-	r = withoutTokenProtocols(r, d.Policy())
+	r = withProtocols(r, d.Protocols)
 	if !d.Allowed {
 		g.logReject(r, d)
 		g.writeReject(w, r, d, responseHeader)
@@ -221,19 +227,21 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 	return gc, nil
 }
 
-// withoutTokenProtocols returns r, or a shallow copy of r whose
-// Sec-WebSocket-Protocol entries carrying a token are removed, so that the
-// Upgrader can never select the token and echo it back as the subprotocol.
-func withoutTokenProtocols(r *http.Request, p *policy.Policy) *http.Request {
-	if p == nil || p.JWT() == nil {
+// withProtocols returns r, or when protocols is not nil a shallow copy of
+// r whose Sec-WebSocket-Protocol lines are protocols (the decision's offer
+// without token entries; none when empty), so that the Upgrader can never
+// select a token and echo it back as the subprotocol.
+func withProtocols(r *http.Request, protocols []string) *http.Request {
+	if protocols == nil {
 		return r
 	}
-	h := p.StripTokenProtocols(r.Header)
-	if reflect.ValueOf(h).Pointer() == reflect.ValueOf(r.Header).Pointer() {
-		return r // no token in the protocols: nothing to copy
-	}
 	r2 := r.WithContext(r.Context())
-	r2.Header = h
+	r2.Header = r.Header.Clone()
+	if len(protocols) == 0 {
+		r2.Header.Del("Sec-Websocket-Protocol")
+	} else {
+		r2.Header["Sec-Websocket-Protocol"] = protocols
+	}
 	return r2
 }
 
@@ -254,7 +262,7 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 		d := g.lim.Admit(r.Context(), r)
 		if !d.Allowed {
 			g.logReject(r, d)
-			g.writeStatus(w, r, d)
+			g.writeStatus(w, r, d, d.Policy().Reject())
 			return
 		}
 		if d.WouldReject {
@@ -291,37 +299,29 @@ func RetryAfterSeconds(d time.Duration) int {
 	return max(s, 1)
 }
 
+// writeReject answers a refused handshake as the deciding policy's reject
+// section says.
 func (g *Guard) writeReject(w http.ResponseWriter, r *http.Request, d *policy.Decision, h http.Header) {
-	p := d.Policy()
-	if p == nil {
-		p = g.lim.Policy()
-	}
-	mode := p.RejectMode()
-	if mode == policy.RejectAuto {
-		// Browsers always send Origin and cannot read a refused
-		// handshake's status; other clients read 429 cheaply. Origin is
-		// forgeable, so the close path is bounded below.
-		mode = policy.RejectStatus
-		if r.Header.Get("Origin") != "" {
-			mode = policy.RejectClose
-		}
-	}
-	if mode == policy.RejectClose && g.acquireClose(d.ClientIP, p) {
+	rj := d.Policy().Reject()
+	// In auto mode: browsers always send Origin and cannot read a refused
+	// handshake's status; other clients read 429 cheaply. Origin is
+	// forgeable, so the close path is bounded (acquireClose).
+	closing := rj.Mode == "close" || rj.Mode == "auto" && r.Header.Get("Origin") != ""
+	if closing && g.acquireClose(d.ClientIP, rj) {
 		g.closeReject(w, r, d, h)
 		return
 	}
-	g.writeStatus(w, r, d)
+	g.writeStatus(w, r, d, rj)
 }
 
 // acquireClose takes a place on the bounded close path: at most
 // max_closing refused connections being closed at once, and at most
 // max_closing_per_ip per client address. Past either bound the refusal is
 // answered with a status, which costs no upgrade.
-func (g *Guard) acquireClose(ip netip.Addr, p *policy.Policy) bool {
-	overall, perIP := p.MaxClosing()
+func (g *Guard) acquireClose(ip netip.Addr, rj policy.RejectConfig) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.closed || g.closing >= overall || g.closingIP[ip] >= perIP {
+	if g.closed || g.closing >= rj.MaxClosing || g.closingIP[ip] >= rj.MaxClosingPerIP {
 		return false
 	}
 	g.closing++
@@ -349,12 +349,15 @@ func (g *Guard) Closing() int {
 	return g.closing
 }
 
-func (g *Guard) writeStatus(w http.ResponseWriter, r *http.Request, d *policy.Decision) {
+// writeStatus answers a refused handshake with a status: Options.Reject's,
+// or the default response (with the RateLimit headers when rj asks for
+// them).
+func (g *Guard) writeStatus(w http.ResponseWriter, r *http.Request, d *policy.Decision, rj policy.RejectConfig) {
 	if g.reject != nil {
 		g.reject(w, r, d)
 		return
 	}
-	if p := d.Policy(); p != nil && p.RateLimitHeaders() {
+	if rj.RateLimitHeaders {
 		SetRateLimitHeaders(w.Header(), d)
 	}
 	WriteRejection(w, d)
@@ -373,18 +376,18 @@ func SetRateLimitHeaders(h http.Header, d *policy.Decision) {
 	var pol string
 	switch d.Reason {
 	case policy.ReasonRate, policy.ReasonTableFull:
-		if c.Limit() <= 0 {
+		if c.Limit <= 0 {
 			return
 		}
-		w := int(math.Ceil(float64(c.Burst()) / float64(c.Limit())))
-		pol = fmt.Sprintf("%q;q=%d;w=%d", c.Rule(), c.Burst(), max(w, 1))
+		w := int(math.Ceil(float64(c.Burst) / float64(c.Limit)))
+		pol = fmt.Sprintf("%q;q=%d;w=%d", c.Rule, c.Burst, max(w, 1))
 	case policy.ReasonConnections:
-		pol = fmt.Sprintf("%q;q=%d", c.Rule(), c.Conns())
+		pol = fmt.Sprintf("%q;q=%d", c.Rule, c.Conns)
 	default:
 		return
 	}
 	h.Set("RateLimit-Policy", pol)
-	h.Set("RateLimit", fmt.Sprintf("%q;r=0;t=%d", c.Rule(), RetryAfterSeconds(d.RetryAfter)))
+	h.Set("RateLimit", fmt.Sprintf("%q;r=0;t=%d", c.Rule, RetryAfterSeconds(d.RetryAfter)))
 }
 
 // WriteRejection writes the default response for a refused decision:

@@ -53,20 +53,20 @@ func (g *Guard) Inspect(top int) Inspection {
 	p := g.lim.Policy()
 	cfg := p.Config()
 	cfg.Identity.Session = redactSession(cfg.Identity.Session)
-	in := Inspection{Mode: policy.ModeEnforce, RejectMode: p.RejectMode(), Closing: g.Closing(), Policy: cfg}
-	if p.DryRun() {
-		in.Mode = policy.ModeDryRun
+	in := Inspection{Mode: cfg.Mode, RejectMode: p.Reject().Mode, Closing: g.Closing(), Policy: cfg}
+	if in.Mode == "" {
+		in.Mode = "enforce"
 	}
-	insp, _ := g.lim.Store().(policy.Inspector)
-	for i, r := range p.Rules() {
-		ri := RuleInspection{Name: r.Name, Connections: r.Connections, Rate: float64(r.Limit), Burst: r.Burst}
+	insp, _ := g.store.(policy.Inspector)
+	for i, c := range p.Rules() {
+		ri := RuleInspection{Name: c.Rule, Connections: c.Conns, Rate: float64(c.Limit), Burst: c.Burst}
 		if i < len(cfg.Rules) {
 			ri.Key = cfg.Rules[i].Key
 		}
 		if insp != nil {
-			st := insp.Stats(r.Name)
+			st := insp.Stats(c.Rule)
 			ri.TrackedKeys, ri.LiveConnections, ri.Buckets, ri.Evictions = &st.Keys, &st.Connections, &st.Buckets, &st.Evictions
-			for _, kc := range insp.TopKeys(r.Name, top) {
+			for _, kc := range insp.TopKeys(c.Rule, top) {
 				ri.Top = append(ri.Top, KeyCount{Key: kc.Key.String(), Connections: kc.Count})
 			}
 		}

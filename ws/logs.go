@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/policy"
 )
 
@@ -66,7 +67,11 @@ func (l *rejectLog) Suppressed() uint64 {
 }
 
 func (l *rejectLog) keyString(d *policy.Decision) string {
-	s := d.Key().String()
+	var k keys.Key
+	if c, ok := d.RefusedClaim(); ok {
+		k = c.Key
+	}
+	s := k.String()
 	if !l.hashKey || d.Rule == "" {
 		return s
 	}

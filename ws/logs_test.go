@@ -79,8 +79,8 @@ func TestRejectLogHashesKeys(t *testing.T) {
 	first := lim.Admit(context.Background(), r)
 	defer first.Release()
 	d := lim.Admit(context.Background(), r)
-	if d.Allowed || d.Key().Str == "" {
-		t.Fatalf("second admission: %+v, key %v; want a refusal carrying the key", d, d.Key())
+	if c, _ := d.RefusedClaim(); d.Allowed || c.Key.Str == "" {
+		t.Fatalf("second admission: %+v, key %v; want a refusal carrying the key", d, c.Key)
 	}
 	l.write(&http.Request{}, d)
 	out := buf.String()

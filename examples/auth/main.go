@@ -246,8 +246,8 @@ func newMux(g *ws.Guard, iss *issuer) *http.ServeMux {
 		conn.SetReadLimit(64 << 10)
 		hello := welcome{Type: "welcome", User: conn.Decision().Identity}
 		for _, c := range conn.Decision().Claims() {
-			if c.Rule() == "per-user" {
-				hello.Limit = c.Conns()
+			if c.Rule == "per-user" {
+				hello.Limit = c.Conns
 			}
 		}
 		if err := conn.WriteJSON(hello); err != nil {

@@ -17,8 +17,8 @@
 // Browsers cannot set headers on a WebSocket, so browser clients use the
 // subprotocol, a cookie or the query. The subprotocol source expects the
 // page to open new WebSocket(url, ["chat", "bearer." + token]); the guard
-// removes the token entry with [StripTokenProtocols] (or
-// [JWT.StripTokenProtocols]) before the upgrader picks a subprotocol, so the
+// removes the token entry with [JWT.TokenFreeProtocols] (or
+// [StripTokenProtocols]) before the upgrader picks a subprotocol, so the
 // token is never echoed, and the application must still offer a real
 // subprotocol such as "chat", because a browser fails a handshake in which
 // it asked for subprotocols and got none.

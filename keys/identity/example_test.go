@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -46,7 +47,7 @@ func ExampleNewJWTWithKeys() {
 	fmt.Println(id.Subject, plan, id.Source, id.Expires.Format(time.RFC3339))
 
 	// The guard hides the token from the upgrader's subprotocol choice.
-	fmt.Println(v.StripTokenProtocols(r.Header).Get("Sec-WebSocket-Protocol"))
+	fmt.Println(strings.Join(v.TokenFreeProtocols(r.Header), ", "))
 
 	// Past exp plus the leeway, the token is refused.
 	_, err = v.Identify(r, now.Add(time.Hour+30*time.Second))

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -157,7 +156,7 @@ func (id Identity) Key() keys.Key { return keys.BoundedString(id.Subject) }
 type JWT struct {
 	claim    string
 	sources  []source
-	prefixes []string // subprotocol prefixes, for StripTokenProtocols
+	prefixes []string // subprotocol prefixes, for TokenFreeProtocols
 	algs     []string
 	keys     map[string]verifyKey
 	leeway   time.Duration
@@ -300,16 +299,19 @@ func (j *JWT) Verify(token string, now time.Time) (Identity, error) {
 	return j.verify(token, "", now)
 }
 
-// StripTokenProtocols returns h without the Sec-WebSocket-Protocol entries
-// that carry a token for this verifier's subprotocol sources, so that the
-// token is never selected and echoed as the connection's subprotocol. It
-// returns h itself when this verifier has no subprotocol source. See the
+// TokenFreeProtocols returns h's Sec-WebSocket-Protocol lines without the
+// entries that carry a token for one of this verifier's subprotocol
+// sources: the offer to hand a WebSocket upgrader, so that a token is never
+// selected and echoed as the connection's subprotocol. It returns nil when
+// h holds no such entry (the offer stands as it is), and otherwise a
+// non-nil slice, empty when no entry remains. h is not modified. See the
 // package function [StripTokenProtocols].
-func (j *JWT) StripTokenProtocols(h http.Header) http.Header {
+func (j *JWT) TokenFreeProtocols(h http.Header) []string {
 	if len(j.prefixes) == 0 {
-		return h
+		return nil
 	}
-	return StripTokenProtocols(h, j.prefixes...)
+	kept, _ := stripProtocols(h[protocolHeader], j.prefixes)
+	return kept
 }
 
 func (j *JWT) verify(token, src string, now time.Time) (Identity, error) {
@@ -413,11 +415,9 @@ func (j *JWT) keyFunc(t *jwt.Token) (any, error) {
 	return k.key, nil
 }
 
-// tokenSum returns the SHA-256 of token. It hashes the string's bytes in
-// place: sha256.Sum256 only reads its argument, and copying a token of a
-// few hundred bytes on every cache hit would be its main cost.
+// tokenSum returns the SHA-256 of token.
 func tokenSum(token string) [sha256.Size]byte {
-	return sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
+	return sha256.Sum256([]byte(token))
 }
 
 // isHMAC reports whether alg is one of the HS* algorithms.

@@ -381,12 +381,19 @@ func TestStripTokenProtocols(t *testing.T) {
 	k := tkeys(t)
 	j := mustJWT(t, JWTConfig{Algorithms: []string{"HS256"}, SecretFile: writeFile(t, "s", k.secret), From: []string{"subprotocol:tok~"}})
 	h := http.Header{"Sec-Websocket-Protocol": {"chat, bearer.x, tok~y"}}
-	if got := j.StripTokenProtocols(h).Get("Sec-WebSocket-Protocol"); got != "chat, bearer.x" {
-		t.Errorf("JWT.StripTokenProtocols = %q, want %q", got, "chat, bearer.x")
+	if got := j.TokenFreeProtocols(h); strings.Join(got, "|") != "chat, bearer.x" {
+		t.Errorf("JWT.TokenFreeProtocols = %q, want %q", got, "chat, bearer.x")
+	}
+	if h.Get("Sec-WebSocket-Protocol") != "chat, bearer.x, tok~y" {
+		t.Errorf("JWT.TokenFreeProtocols modified its input: %q", h["Sec-Websocket-Protocol"])
 	}
 	j2 := rsVerifier(t)
-	if got := j2.StripTokenProtocols(h); !sameMap(got, h) {
-		t.Errorf("JWT.StripTokenProtocols without subprotocol source changed the header")
+	if got := j2.TokenFreeProtocols(h); got != nil {
+		t.Errorf("JWT.TokenFreeProtocols without subprotocol source changed the offer: %q", got)
+	}
+	only := http.Header{"Sec-Websocket-Protocol": {"tok~y"}}
+	if got := j.TokenFreeProtocols(only); got == nil || len(got) != 0 {
+		t.Errorf("JWT.TokenFreeProtocols of a token-only offer = %#v, want an empty, non-nil slice", got)
 	}
 }
 

@@ -361,52 +361,9 @@ func parseJWKS(b []byte, algs []string) (map[string]verifyKey, error) {
 func (k *jwk) publicKey() (any, error) {
 	switch k.Kty {
 	case "RSA":
-		n, err := b64field("n", k.N)
-		if err != nil {
-			return nil, err
-		}
-		e, err := b64field("e", k.E)
-		if err != nil {
-			return nil, err
-		}
-		if len(e) > 4 {
-			return nil, errors.New("exponent e is too large")
-		}
-		ev := int(new(big.Int).SetBytes(e).Int64())
-		if ev < 3 || ev%2 == 0 {
-			return nil, errors.New("exponent e is invalid")
-		}
-		return checkKey(&rsa.PublicKey{N: new(big.Int).SetBytes(n), E: ev})
+		return k.rsaKey()
 	case "EC":
-		var curve elliptic.Curve
-		switch k.Crv {
-		case "P-256":
-			curve = elliptic.P256()
-		case "P-384":
-			curve = elliptic.P384()
-		case "P-521":
-			curve = elliptic.P521()
-		default:
-			return nil, nil
-		}
-		x, err := b64field("x", k.X)
-		if err != nil {
-			return nil, err
-		}
-		y, err := b64field("y", k.Y)
-		if err != nil {
-			return nil, err
-		}
-		size := (curve.Params().BitSize + 7) / 8
-		if len(x) != size || len(y) != size {
-			return nil, fmt.Errorf("%s coordinates must be %d bytes", k.Crv, size)
-		}
-		point := append(append([]byte{4}, x...), y...)
-		pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
-		if err != nil {
-			return nil, err
-		}
-		return pub, nil
+		return k.ecKey()
 	case "OKP":
 		if k.Crv != "Ed25519" {
 			return nil, nil
@@ -425,6 +382,59 @@ func (k *jwk) publicKey() (any, error) {
 	default:
 		return nil, nil
 	}
+}
+
+// rsaKey decodes an RSA key.
+func (k *jwk) rsaKey() (any, error) {
+	n, err := b64field("n", k.N)
+	if err != nil {
+		return nil, err
+	}
+	e, err := b64field("e", k.E)
+	if err != nil {
+		return nil, err
+	}
+	if len(e) > 4 {
+		return nil, errors.New("exponent e is too large")
+	}
+	ev := int(new(big.Int).SetBytes(e).Int64())
+	if ev < 3 || ev%2 == 0 {
+		return nil, errors.New("exponent e is invalid")
+	}
+	return checkKey(&rsa.PublicKey{N: new(big.Int).SetBytes(n), E: ev})
+}
+
+// ecKey decodes an EC key; nil, nil means an unsupported curve.
+func (k *jwk) ecKey() (any, error) {
+	var curve elliptic.Curve
+	switch k.Crv {
+	case "P-256":
+		curve = elliptic.P256()
+	case "P-384":
+		curve = elliptic.P384()
+	case "P-521":
+		curve = elliptic.P521()
+	default:
+		return nil, nil
+	}
+	x, err := b64field("x", k.X)
+	if err != nil {
+		return nil, err
+	}
+	y, err := b64field("y", k.Y)
+	if err != nil {
+		return nil, err
+	}
+	size := (curve.Params().BitSize + 7) / 8
+	if len(x) != size || len(y) != size {
+		return nil, fmt.Errorf("%s coordinates must be %d bytes", k.Crv, size)
+	}
+	point := append(append([]byte{4}, x...), y...)
+	pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
+	if err != nil {
+		return nil, err
+	}
+	return pub, nil
 }
 
 // b64field decodes a base64url member of a JWK (padding tolerated).

@@ -155,7 +155,7 @@ func protocolToken(h http.Header, prefix string) string {
 // remains. h is never modified; when it holds no such entry, h itself is
 // returned.
 //
-// A WebSocket guard calls it on the request it hands to the upgrader, so
+// A WebSocket guard hands the upgrader a request without these entries, so
 // that a token offered as a subprotocol can never be selected and echoed
 // back in the response. The application must still offer (and the client
 // must still request) a real subprotocol next to the token, such as "chat":
@@ -165,6 +165,24 @@ func StripTokenProtocols(h http.Header, prefixes ...string) http.Header {
 	if len(prefixes) == 0 {
 		prefixes = []string{DefaultProtocolPrefix}
 	}
+	kept, found := stripProtocols(h[protocolHeader], prefixes)
+	if !found {
+		return h
+	}
+	out := h.Clone()
+	if len(kept) == 0 {
+		delete(out, protocolHeader)
+	} else {
+		out[protocolHeader] = kept
+	}
+	return out
+}
+
+// stripProtocols returns the Sec-WebSocket-Protocol lines without the
+// entries that start with one of prefixes, and whether it found any; a line
+// left empty is dropped. When found, kept is non-nil (empty when no entry
+// remains).
+func stripProtocols(lines, prefixes []string) (kept []string, found bool) {
 	carries := func(entry string) bool {
 		for _, p := range prefixes {
 			if p != "" && strings.HasPrefix(entry, p) {
@@ -173,8 +191,6 @@ func StripTokenProtocols(h http.Header, prefixes ...string) http.Header {
 		}
 		return false
 	}
-	lines := h[protocolHeader]
-	found := false
 	for _, line := range lines {
 		for line != "" && !found {
 			var e string
@@ -183,10 +199,9 @@ func StripTokenProtocols(h http.Header, prefixes ...string) http.Header {
 		}
 	}
 	if !found {
-		return h
+		return nil, false
 	}
-	out := h.Clone()
-	var kept []string
+	kept = make([]string, 0, len(lines))
 	for _, line := range lines {
 		var entries []string
 		for _, e := range strings.Split(line, ",") {
@@ -198,12 +213,7 @@ func StripTokenProtocols(h http.Header, prefixes ...string) http.Header {
 			kept = append(kept, strings.Join(entries, ", "))
 		}
 	}
-	if len(kept) == 0 {
-		delete(out, protocolHeader)
-	} else {
-		out[protocolHeader] = kept
-	}
-	return out
+	return kept, true
 }
 
 // trimOWS trims HTTP optional whitespace (and CR, LF, as net/textproto does).

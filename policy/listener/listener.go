@@ -113,28 +113,16 @@ func New(ln net.Listener, p *policy.Policy, opts Options) (*Listener, error) {
 // The accept bucket keeps its tokens if the rate and burst are unchanged,
 // and starts full otherwise.
 func (l *Listener) SetPolicy(p *policy.Policy) error {
-	cfg := p.Config()
-	lim := &limits{}
-	if lc := cfg.Listener; lc != nil {
-		lim.perIP, lim.perSubnet, lim.global = lc.PerIP, lc.PerSubnet, lc.Global
-		lim.v4, lim.v6 = lc.IPv4Prefix, lc.IPv6Prefix
-		if lc.Rate != "" {
-			r, err := policy.ParseRate(lc.Rate)
-			if err != nil {
-				return err // New validated it: only a hand-built Policy gets here
-			}
-			lim.rate = rate.NewLimiter(r, lc.Burst)
-			if old := l.cfg.Load(); old != nil && old.rate != nil && old.rate.Limit() == r && old.rate.Burst() == lc.Burst {
-				lim.rate = old.rate
-			}
-		}
+	pl, _ := p.Listener()
+	lim := &limits{
+		perIP: pl.PerIP, perSubnet: pl.PerSubnet, global: pl.Global,
+		v4: pl.IPv4Prefix, v6: pl.IPv6Prefix, unlimited: pl.Unlimited,
 	}
-	for _, s := range append(append([]string(nil), cfg.ClientIP.TrustedProxies...), cfg.Exempt...) {
-		pfx, err := policy.ParsePrefix(s)
-		if err != nil {
-			return err
+	if pl.Rate > 0 {
+		lim.rate = rate.NewLimiter(pl.Rate, pl.Burst)
+		if old := l.cfg.Load(); old != nil && old.rate != nil && old.rate.Limit() == pl.Rate && old.rate.Burst() == pl.Burst {
+			lim.rate = old.rate
 		}
-		lim.unlimited = append(lim.unlimited, pfx)
 	}
 	l.cfg.Store(lim)
 	return nil

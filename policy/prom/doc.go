@@ -23,7 +23,7 @@
 //
 // No key (client IP, subnet, user id, cookie, header value) ever becomes a
 // label: the only labels are rule (bounded by the policy's rules, at most
-// policy.MaxRules per policy, plus the rules of earlier policies after a
+// 32 per policy, plus the rules of earlier policies after a
 // reload), reason (a fixed set) and result (four values). Decision keys are
 // never read.
 //

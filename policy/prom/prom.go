@@ -264,9 +264,9 @@ func (o *Observer) Decided(d *policy.Decision, took time.Duration) {
 	// it): count them like any admission, so that Released balances.
 	claims := d.Claims()
 	for i := range claims {
-		r := o.rule(claims[i].Rule())
+		r := o.rule(claims[i].Rule)
 		o.admittedCounter(r).Inc()
-		if claims[i].Conns() > 0 {
+		if claims[i].Conns > 0 {
 			o.liveGauge(r).Inc()
 		}
 	}
@@ -277,8 +277,8 @@ func (o *Observer) Decided(d *policy.Decision, took time.Duration) {
 func (o *Observer) Released(d *policy.Decision) {
 	claims := d.Claims()
 	for i := range claims {
-		if claims[i].Conns() > 0 {
-			o.liveGauge(o.rule(claims[i].Rule())).Dec()
+		if claims[i].Conns > 0 {
+			o.liveGauge(o.rule(claims[i].Rule)).Dec()
 		}
 	}
 }

@@ -27,10 +27,10 @@ func FromConfig(ctx context.Context, cfg policy.RedisConfig, fallback policy.Sto
 	if len(cfg.Addrs) == 0 {
 		return nil, errors.New("redisstore: state.redis.addrs is empty")
 	}
-	mode, err := ParseFailMode(cfg.OnError)
-	if err != nil {
-		return nil, err
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("redisstore: %w", err)
 	}
+	mode := failMode(cfg.OnError)
 	opts := Options{
 		Prefix:          cfg.Prefix,
 		LeaseTTL:        cfg.LeaseTTL,
@@ -64,6 +64,18 @@ func FromConfig(ctx context.Context, cfg policy.RedisConfig, fallback policy.Sto
 	}
 	s.own = true
 	return s, nil
+}
+
+// failMode returns the FailMode of an on_error value that
+// policy.RedisConfig.Validate accepted.
+func failMode(onError string) FailMode {
+	switch onError {
+	case "allow":
+		return FailAllow
+	case "deny":
+		return FailDeny
+	}
+	return FailLocal
 }
 
 // universalOptions translates the config into go-redis options.

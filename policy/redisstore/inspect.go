@@ -54,7 +54,7 @@ type ruleSnap struct {
 func (s *Store) noteRules(claims []policy.Claim) {
 	seen := s.rules.Load()
 	for i := range claims {
-		r := claims[i].Rule()
+		r := claims[i].Rule
 		if seen != nil {
 			if _, ok := (*seen)[r]; ok {
 				continue

@@ -28,10 +28,10 @@ func TestInspectorReadsRedis(t *testing.T) {
 	}
 	ip := keys.IP(mustAddr(t, "203.0.113.7"))
 	for range 3 {
-		admit(a, policy.NewClaim("per-ip", ip, 10, 5, 10))
+		admit(a, policy.Claim{Rule: "per-ip", Key: ip, Conns: 10, Limit: 5, Burst: 10})
 	}
-	admit(b, policy.NewClaim("per-ip", ip, 10, 5, 10))
-	admit(b, policy.NewClaim("per-ip", keys.String("bob"), 10, 0, 0))
+	admit(b, policy.Claim{Rule: "per-ip", Key: ip, Conns: 10, Limit: 5, Burst: 10})
+	admit(b, policy.Claim{Rule: "per-ip", Key: keys.String("bob"), Conns: 10})
 	st := a.Stats("per-ip")
 	if st.Keys != 2 || st.Connections != 5 || st.Buckets != 1 {
 		t.Fatalf("Stats = %+v, want 2 keys, 5 connections (both instances), 1 bucket", st)

@@ -28,7 +28,7 @@ func (s *Store) degrade(ctx context.Context, now time.Time, claims []policy.Clai
 	id := s.nextID.Add(1)
 	rec := &lease{member: s.member(id)}
 	for i := range claims {
-		if c := &claims[i]; c.Conns() > 0 {
+		if c := &claims[i]; c.Conns > 0 {
 			ck, _ := s.keys(c)
 			rec.conns = append(rec.conns, connSlot{key: ck})
 		}
@@ -59,11 +59,11 @@ func (s *Store) admitLocal(ctx context.Context, now time.Time, claims []policy.C
 	s.mu.Lock()
 	for i := range claims {
 		c := &claims[i]
-		if c.Conns() <= 0 {
+		if c.Conns <= 0 {
 			continue
 		}
 		ck, _ := s.keys(c)
-		if s.held[ck] >= share(c.Conns(), n) {
+		if s.held[ck] >= share(c.Conns, n) {
 			s.mu.Unlock()
 			return policy.Lease{}, policy.Verdict{Index: i, Reason: policy.ReasonConnections}, nil
 		}
@@ -116,8 +116,8 @@ func shareClaims(claims []policy.Claim, instances int) ([]policy.Claim, []int) {
 		if !hasRate(c) {
 			continue
 		}
-		lim := c.Limit() / rate.Limit(instances)
-		out = append(out, policy.NewClaim(c.Rule(), c.Key, 0, lim, max(share(c.Burst(), instances), 1)))
+		lim := c.Limit / rate.Limit(instances)
+		out = append(out, policy.Claim{Rule: c.Rule, Key: c.Key, Limit: lim, Burst: max(share(c.Burst, instances), 1)})
 		index = append(index, i)
 	}
 	return out, index

@@ -37,7 +37,7 @@ func TestAdmitScriptRetryChargesOnce(t *testing.T) {
 	s := newStore(t, c, Options{OnError: FailDeny, Prefix: uniquePrefix(t)})
 	claims := []policy.Claim{
 		bucket("per-ip", "10.0.0.1", rate.Every(time.Hour), 5),
-		policy.NewClaim("per-user", keys.String("erin"), 3, rate.Every(time.Hour), 5),
+		{Rule: "per-user", Key: keys.String("erin"), Conns: 3, Limit: rate.Every(time.Hour), Burst: 5},
 		conns("everyone", "global", 100),
 	}
 	for try := range 3 {
@@ -47,7 +47,7 @@ func TestAdmitScriptRetryChargesOnce(t *testing.T) {
 	}
 	for i, c := range claims {
 		ck, bk := s.keys(&c)
-		if c.Conns() > 0 {
+		if c.Conns > 0 {
 			if n := zcard(t, s.client, ck); n != 1 {
 				t.Fatalf("claim %d holds %d slots after retries, want 1", i, n)
 			}
@@ -120,7 +120,7 @@ func TestEveryKeyHasTTL(t *testing.T) {
 	long := newStore(t, c, Options{OnError: FailDeny, Prefix: prefix, LeaseTTL: time.Minute})
 	ctx := context.Background()
 	claims := []policy.Claim{
-		policy.NewClaim("per-ip", keys.String("10.0.0.3"), 3, 5, 4),
+		{Rule: "per-ip", Key: keys.String("10.0.0.3"), Conns: 3, Limit: 5, Burst: 4},
 		conns("per-user", "gina", 2),
 		bucket("per-subnet", "10.0.0.0/24", 2, 6),
 		conns("everyone", "global", 1000),

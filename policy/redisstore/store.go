@@ -68,20 +68,6 @@ const (
 	FailDeny
 )
 
-// ParseFailMode parses an on_error value: "local" (also ""), "allow" or
-// "deny".
-func ParseFailMode(s string) (FailMode, error) {
-	switch s {
-	case "", "local":
-		return FailLocal, nil
-	case "allow":
-		return FailAllow, nil
-	case "deny":
-		return FailDeny, nil
-	}
-	return 0, fmt.Errorf("redisstore: on_error must be local, allow or deny (got %q)", s)
-}
-
 // String returns the mode as written in a policy file.
 func (m FailMode) String() string {
 	switch m {
@@ -461,14 +447,14 @@ func (s *Store) warm(ctx context.Context) error {
 // instances of both versions, during a rolling upgrade, out of each
 // other's way (WRONGTYPE).
 func (s *Store) keys(c *policy.Claim) (conn, bucket string) {
-	conn = s.prefix + c.Rule() + ":{" + c.Key.String() + "}:c"
+	conn = s.prefix + c.Rule + ":{" + c.Key.String() + "}:c"
 	if !hasRate(c) {
 		return conn, conn // the bucket key is not used
 	}
 	return conn, conn[:len(conn)-1] + "t"
 }
 
-func hasRate(c *policy.Claim) bool { return c.Limit() > 0 && c.Limit() != rate.Inf }
+func hasRate(c *policy.Claim) bool { return c.Limit > 0 && c.Limit != rate.Inf }
 
 func (s *Store) member(id uint64) string {
 	return s.instance + ":" + strconv.FormatUint(id, 10)
@@ -501,10 +487,10 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 	}
 	need, conns := false, 0
 	for i := range claims {
-		if claims[i].Conns() > 0 {
+		if claims[i].Conns > 0 {
 			conns++
 		}
-		need = need || claims[i].Conns() > 0 || hasRate(&claims[i])
+		need = need || claims[i].Conns > 0 || hasRate(&claims[i])
 	}
 	if !need {
 		return policy.Lease{ID: s.nextID.Add(1)}, policy.Verdict{OK: true}, nil
@@ -628,9 +614,9 @@ func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, arg
 		c := &claims[i]
 		ck, bk := s.keys(c)
 		keys = append(keys, ck, bk)
-		capN, perMS, burst := max(c.Conns(), 0), 0.0, 0
+		capN, perMS, burst := max(c.Conns, 0), 0.0, 0
 		if hasRate(c) {
-			perMS, burst = float64(c.Limit())/1000, c.Burst()
+			perMS, burst = float64(c.Limit)/1000, c.Burst
 		}
 		args = append(args, capN, perMS, burst)
 		if capN > 0 {

@@ -35,11 +35,11 @@ func (m *memStore) Admit(_ context.Context, _ time.Time, claims []policy.Claim) 
 	defer m.mu.Unlock()
 	var held []string
 	for i, c := range claims {
-		k := c.Rule() + "|" + c.Key.String()
-		if c.Conns() > 0 && m.counts[k] >= c.Conns() {
+		k := c.Rule + "|" + c.Key.String()
+		if c.Conns > 0 && m.counts[k] >= c.Conns {
 			return policy.Lease{}, policy.Verdict{Index: i, Reason: policy.ReasonConnections}, nil
 		}
-		if c.Conns() > 0 {
+		if c.Conns > 0 {
 			held = append(held, k)
 		}
 	}
@@ -106,11 +106,11 @@ func instances(t testing.TB, addr string, n int, o Options) []*Store {
 }
 
 func conns(rule, key string, n int) policy.Claim {
-	return policy.NewClaim(rule, keys.String(key), n, 0, 0)
+	return policy.Claim{Rule: rule, Key: keys.String(key), Conns: n}
 }
 
 func bucket(rule, key string, per rate.Limit, burst int) policy.Claim {
-	return policy.NewClaim(rule, keys.String(key), 0, per, burst)
+	return policy.Claim{Rule: rule, Key: keys.String(key), Limit: per, Burst: burst}
 }
 
 // held is one admitted lease and the store that holds it.
@@ -223,7 +223,7 @@ func TestAllOrNothingAcrossInstances(t *testing.T) {
 		{
 			name: "cap refuses second",
 			claims: []policy.Claim{
-				policy.NewClaim("per-ip", keys.String("k"), 50, rate.Every(time.Hour), 50),
+				policy.Claim{Rule: "per-ip", Key: keys.String("k"), Conns: 50, Limit: rate.Every(time.Hour), Burst: 50},
 				conns("per-user", "k", 3),
 			},
 			want: 3, refuseIdx: 1, reason: policy.ReasonConnections,
@@ -231,7 +231,7 @@ func TestAllOrNothingAcrossInstances(t *testing.T) {
 		{
 			name: "rate refuses second",
 			claims: []policy.Claim{
-				policy.NewClaim("per-ip", keys.String("k"), 50, rate.Every(time.Hour), 50),
+				policy.Claim{Rule: "per-ip", Key: keys.String("k"), Conns: 50, Limit: rate.Every(time.Hour), Burst: 50},
 				bucket("per-user", "k", rate.Every(time.Hour), 4),
 			},
 			want: 4, refuseIdx: 1, reason: policy.ReasonRate,
@@ -472,7 +472,7 @@ func TestKeysExpire(t *testing.T) {
 	c, _ := newClient(t, addr)
 	s := newStore(t, c, Options{OnError: FailAllow, Prefix: uniquePrefix(t), LeaseTTL: 10 * time.Second})
 	ctx := context.Background()
-	claims := []policy.Claim{policy.NewClaim("r", keys.String("k"), 2, 0.25, 5)}
+	claims := []policy.Claim{policy.Claim{Rule: "r", Key: keys.String("k"), Conns: 2, Limit: 0.25, Burst: 5}}
 	if _, v, _ := s.Admit(ctx, time.Now(), claims); !v.OK {
 		t.Fatal("refused")
 	}
@@ -607,7 +607,7 @@ func benchClaims(n int) []policy.Claim {
 	names := []string{"per-ip", "per-subnet", "per-user", "everyone"}
 	out := make([]policy.Claim, n)
 	for i := range out {
-		out[i] = policy.NewClaim(names[i%len(names)], keys.String("bench"), 1<<30, 1e9, 1<<30)
+		out[i] = policy.Claim{Rule: names[i%len(names)], Key: keys.String("bench"), Conns: 1<<30, Limit: 1e9, Burst: 1<<30}
 	}
 	return out
 }
@@ -618,7 +618,7 @@ func TestNoClaimsNoRoundTrip(t *testing.T) {
 	c, hook := newClient(t, addr)
 	s := newStore(t, c, Options{OnError: FailAllow, Prefix: uniquePrefix(t)})
 	hook.n.Store(0)
-	claims := []policy.Claim{policy.NewClaim("r", keys.Global(), 0, rate.Inf, 0)}
+	claims := []policy.Claim{policy.Claim{Rule: "r", Key: keys.Global(), Limit: rate.Inf}}
 	l, v, err := s.Admit(context.Background(), time.Now(), claims)
 	if err != nil || !v.OK {
 		t.Fatalf("Admit = %+v, %v", v, err)
@@ -670,18 +670,20 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
-func TestParseFailMode(t *testing.T) {
+// TestFailMode: every on_error value policy.RedisConfig.Validate accepts
+// maps to its FailMode and back; others are refused there.
+func TestFailMode(t *testing.T) {
 	for in, want := range map[string]FailMode{"": FailLocal, "local": FailLocal, "allow": FailAllow, "deny": FailDeny} {
-		got, err := ParseFailMode(in)
-		if err != nil || got != want {
-			t.Errorf("ParseFailMode(%q) = %v, %v; want %v", in, got, err, want)
+		err := policy.RedisConfig{Addrs: []string{"x:1"}, OnError: in}.Validate()
+		if got := failMode(in); err != nil || got != want {
+			t.Errorf("failMode(%q) = %v, %v; want %v", in, got, err, want)
 		}
-		if in != "" && got.String() != in {
+		if got := failMode(in); in != "" && got.String() != in {
 			t.Errorf("String() = %q, want %q", got.String(), in)
 		}
 	}
-	if _, err := ParseFailMode("open"); err == nil {
-		t.Error("ParseFailMode(open): no error")
+	if err := (policy.RedisConfig{Addrs: []string{"x:1"}, OnError: "open"}).Validate(); err == nil {
+		t.Error("on_error open: no error")
 	}
 }
 

@@ -53,6 +53,6 @@ func ExampleWatch() {
 	if err := w.Reload(); err != nil { // as an admin endpoint would
 		log.Print(err)
 	}
-	fmt.Println(g.Limiter().Policy().Rules()[0].Connections, w.Reloads(), w.Failures())
+	fmt.Println(g.Limiter().Policy().Rules()[0].Conns, w.Reloads(), w.Failures())
 	// Output: 50 1 0
 }

@@ -125,8 +125,9 @@ func Watch(ctx context.Context, path string, apply func(*policy.Policy), opts Op
 	// here on is an event.
 	if data, err := readFile(path); err == nil {
 		w.hash = digest(data)
-		if cfg, err := policy.DecodeYAML(data, path); err == nil {
-			w.started = &cfg.State
+		if p, err := policy.Parse(data, path); err == nil {
+			st := p.Config().State
+			w.started = &st
 		}
 	}
 	if opts.SIGHUP {
