@@ -607,7 +607,7 @@ func benchClaims(n int) []policy.Claim {
 	names := []string{"per-ip", "per-subnet", "per-user", "everyone"}
 	out := make([]policy.Claim, n)
 	for i := range out {
-		out[i] = policy.Claim{Rule: names[i%len(names)], Key: keys.String("bench"), Conns: 1<<30, Limit: 1e9, Burst: 1<<30}
+		out[i] = policy.Claim{Rule: names[i%len(names)], Key: keys.String("bench"), Conns: 1 << 30, Limit: 1e9, Burst: 1 << 30}
 	}
 	return out
 }
