@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/wslimit/wslimit/keys/identity"
+	"github.com/wslimit/wslimit/policy/listener"
 )
 
 // Config is a policy as written: the YAML file decodes into it, and Go
@@ -29,7 +30,7 @@ type Config struct {
 	Mode string `yaml:"mode" json:"mode,omitempty"`
 	// Listener caps TCP connections at accept (package policy/listener);
 	// nil means no listener caps.
-	Listener *ListenerConfig `yaml:"listener" json:"listener,omitempty"`
+	Listener *listener.Config `yaml:"listener" json:"listener,omitempty"`
 }
 
 // ClientIPConfig says how the client address is taken from a request.

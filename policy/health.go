@@ -2,14 +2,10 @@ package policy
 
 import "time"
 
-// HealthReporter is implemented by stores that depend on something that can
-// fail (a Redis server), for metrics. Health must be cheap: it is read at
-// every scrape and must not call the backend.
-type HealthReporter interface {
-	Health() StoreHealth
-}
-
-// StoreHealth is a snapshot of a store's health.
+// StoreHealth is a snapshot of the health of a store that depends on
+// something that can fail (a Redis server), for metrics: redisstore's
+// Store.Health returns one, and prom.Options.Health reads it at every
+// scrape, so producing it must be cheap and must not call the backend.
 type StoreHealth struct {
 	// OnError is the failure mode: "allow", "deny" or "local".
 	OnError string

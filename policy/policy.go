@@ -14,6 +14,7 @@ import (
 
 	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/keys/identity"
+	"github.com/wslimit/wslimit/policy/listener"
 )
 
 // Defaults applied by New where a Config leaves a field at its zero value,
@@ -101,7 +102,7 @@ type Policy struct {
 	dryRun   bool
 	reject   RejectConfig // defaults filled in
 	jwt      *identity.JWT
-	listener *ListenerLimits // nil without a listener section
+	listener *listener.Limits // nil without a listener section
 }
 
 // Config returns the configuration the policy was built from (with

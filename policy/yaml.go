@@ -15,9 +15,9 @@ import (
 	"github.com/goccy/go-yaml/parser"
 )
 
-// MaxPolicyBytes bounds the size of a policy file; larger files are refused
+// maxPolicyBytes bounds the size of a policy file; larger files are refused
 // before parsing.
-const MaxPolicyBytes = 1 << 20
+const maxPolicyBytes = 1 << 20
 
 // LoadFile reads, decodes, validates and compiles the policy file at path.
 // Every error carries path:line:column and what is wrong; several problems
@@ -47,8 +47,8 @@ func Parse(data []byte, filename string) (*Policy, error) {
 type position struct{ line, col int }
 
 func decodeYAML(data []byte, filename string) (*Config, map[string]position, error) {
-	if len(data) > MaxPolicyBytes {
-		return nil, nil, &Error{File: filename, Line: 1, Column: 1, Msg: fmt.Sprintf("file is larger than %d bytes", MaxPolicyBytes)}
+	if len(data) > maxPolicyBytes {
+		return nil, nil, &Error{File: filename, Line: 1, Column: 1, Msg: fmt.Sprintf("file is larger than %d bytes", maxPolicyBytes)}
 	}
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {

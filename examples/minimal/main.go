@@ -57,7 +57,8 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	capped, err := listener.New(ln, p, listener.Options{}) // the listener section's caps
+	lim, _ := p.Listener()                                   // the policy's listener section
+	capped, err := listener.New(ln, lim, listener.Options{}) // caps every TCP connection at accept
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -107,7 +107,14 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 	if policyFile != "" {
 		// Hot reload: on file change or SIGHUP; a bad file is logged with
 		// file:line:col and the running policy stays.
-		w, err := reload.Watch(ctx, policyFile, g.SetPolicy, reload.Options{Logger: log, SIGHUP: true})
+		apply := func(np *policy.Policy) {
+			g.SetPolicy(np)
+			if capped, ok := ln.(*listener.Listener); ok {
+				lim, _ := np.Listener() // no section any more: no caps
+				capped.SetLimits(lim)
+			}
+		}
+		w, err := reload.Watch(ctx, policyFile, apply, reload.Options{Logger: log, SIGHUP: true})
 		if err != nil {
 			return err
 		}
@@ -156,17 +163,17 @@ func newServer(h http.Handler) *http.Server {
 // with their counters in reg.
 func listen(addr string, p *policy.Policy, reg *prometheus.Registry, log *slog.Logger) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
-	if err != nil || p.Config().Listener == nil {
+	lim, ok := p.Listener()
+	if err != nil || !ok {
 		return ln, err
 	}
-	capped, err := listener.New(ln, p, listener.Options{})
+	capped, err := listener.New(ln, lim, listener.Options{})
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
 	reg.MustRegister(prom.NewListenerCollector(capped, prom.Options{}))
-	lc := p.Config().Listener
-	log.Info("wslimit listener caps", "per_ip", lc.PerIP, "per_subnet", lc.PerSubnet, "global", lc.Global, "rate", lc.Rate)
+	log.Info("wslimit listener caps", "per_ip", lim.PerIP, "per_subnet", lim.PerSubnet, "global", lim.Global, "rate_per_second", float64(lim.Rate))
 	return capped, nil
 }
 
@@ -237,7 +244,7 @@ func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard
 	if rs, ok := store.(*redisstore.Store); ok {
 		// Health only: the Redis store's per-rule figures come from SCAN,
 		// for /inspect, not for every scrape.
-		opts.Health = rs
+		opts.Health = rs.Health
 		opts.StoreErrors = func() uint64 { return rs.Snapshot().Errors }
 	}
 	obs := prom.New(opts)

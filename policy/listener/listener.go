@@ -1,5 +1,6 @@
 // Package listener caps TCP connections when they are accepted, before any
-// HTTP is read, by the listener section of a policy (policy.ListenerConfig):
+// HTTP is read, by the listener section of a policy (Config, compiled by
+// package policy into Limits):
 // open connections per peer address, per peer subnet and in all, and an
 // accept rate. It is the file-descriptor ceiling that the WebSocket rules
 // cannot be: those see only upgrade requests, while idle keep-alive
@@ -15,7 +16,7 @@
 //
 // # Concurrency
 //
-// A Listener is safe for concurrent use; SetPolicy may be called while
+// A Listener is safe for concurrent use; SetLimits may be called while
 // connections are being accepted.
 package listener
 
@@ -24,6 +25,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,7 +33,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wslimit/wslimit/keys"
-	"github.com/wslimit/wslimit/policy"
 )
 
 // Refusal reasons, as counted in Stats and passed to Options.OnRefuse.
@@ -41,6 +42,47 @@ const (
 	ReasonGlobal    = "global"
 	ReasonRate      = "rate"
 )
+
+// Config is the listener section of a policy as written (the YAML
+// `listener:` mapping; package policy validates it and compiles it into
+// Limits, see policy.Policy.Listener). The caps count the TCP peer's
+// address: behind a proxy that is the proxy, so connections from
+// client_ip.trusted_proxies (and from exempt blocks) skip per_ip and
+// per_subnet; they still count under global, the ceiling that protects the
+// process's file descriptors.
+type Config struct {
+	// PerIP caps open connections per peer address; 0 means no cap.
+	PerIP int `yaml:"per_ip" json:"per_ip,omitempty"`
+	// PerSubnet caps open connections per peer subnet (IPv4Prefix,
+	// IPv6Prefix); 0 means no cap.
+	PerSubnet int `yaml:"per_subnet" json:"per_subnet,omitempty"`
+	// IPv4Prefix is the subnet prefix length for IPv4 peers (default 24).
+	IPv4Prefix int `yaml:"ipv4_prefix" json:"ipv4_prefix,omitempty"`
+	// IPv6Prefix is the subnet prefix length for IPv6 peers (default 64).
+	IPv6Prefix int `yaml:"ipv6_prefix" json:"ipv6_prefix,omitempty"`
+	// Global caps open connections in all; 0 means no cap.
+	Global int `yaml:"global" json:"global,omitempty"`
+	// Rate bounds accepted connections, all peers together: "200/s";
+	// empty means no rate limit. A connection over it is closed at once.
+	Rate string `yaml:"rate" json:"rate,omitempty"`
+	// Burst is the accept bucket's size; default max(1, ceil(rate per
+	// second)).
+	Burst int `yaml:"burst" json:"burst,omitempty"`
+}
+
+// Limits is a listener section as a Listener applies it: defaults filled
+// in, the rate parsed, and the blocks whose peers skip the per-address
+// caps (client_ip.trusted_proxies and exempt). policy.Policy.Listener
+// returns a policy's; the zero Limits admit everything.
+type Limits struct {
+	PerIP, PerSubnet, Global int
+	IPv4Prefix, IPv6Prefix   int
+	// Rate is accepted connections per second, all peers; 0 means none.
+	Rate  rate.Limit
+	Burst int
+	// Unlimited are the blocks whose peers skip per_ip and per_subnet.
+	Unlimited []netip.Prefix
+}
 
 // Options configure a Listener. The zero value is usable.
 type Options struct {
@@ -85,11 +127,13 @@ type limits struct {
 	rate                     *rate.Limiter  // accepts of all peers; nil means no rate
 }
 
-// New wraps ln with the listener section of p. A policy without one admits
-// every connection (and counts it in Stats).
-func New(ln net.Listener, p *policy.Policy, opts Options) (*Listener, error) {
-	if ln == nil || p == nil {
-		return nil, errors.New("listener: nil listener or policy")
+// New wraps ln with lim, usually a policy's:
+//
+//	lim, _ := p.Listener() // the zero Limits when the policy has no listener section
+//	l, err := listener.New(ln, lim, listener.Options{})
+func New(ln net.Listener, lim Limits, opts Options) (*Listener, error) {
+	if ln == nil {
+		return nil, errors.New("listener: nil listener")
 	}
 	l := &Listener{
 		inner:    ln,
@@ -102,21 +146,18 @@ func New(ln net.Listener, p *policy.Policy, opts Options) (*Listener, error) {
 	if l.now == nil {
 		l.now = time.Now
 	}
-	if err := l.SetPolicy(p); err != nil {
-		return nil, err
-	}
+	l.SetLimits(lim)
 	return l, nil
 }
 
-// SetPolicy applies p's listener section to connections accepted from now
-// on; open connections keep their slots and count against the new caps.
-// The accept bucket keeps its tokens if the rate and burst are unchanged,
-// and starts full otherwise.
-func (l *Listener) SetPolicy(p *policy.Policy) error {
-	pl, _ := p.Listener()
+// SetLimits applies lim to connections accepted from now on (a policy
+// reload); open connections keep their slots and count against the new
+// caps. The accept bucket keeps its tokens if the rate and burst are
+// unchanged, and starts full otherwise.
+func (l *Listener) SetLimits(pl Limits) {
 	lim := &limits{
 		perIP: pl.PerIP, perSubnet: pl.PerSubnet, global: pl.Global,
-		v4: pl.IPv4Prefix, v6: pl.IPv6Prefix, unlimited: pl.Unlimited,
+		v4: pl.IPv4Prefix, v6: pl.IPv6Prefix, unlimited: slices.Clone(pl.Unlimited),
 	}
 	if pl.Rate > 0 {
 		lim.rate = rate.NewLimiter(pl.Rate, pl.Burst)
@@ -125,7 +166,6 @@ func (l *Listener) SetPolicy(p *policy.Policy) error {
 		}
 	}
 	l.cfg.Store(lim)
-	return nil
 }
 
 // Accept returns the next connection that every cap admits. Refused

@@ -1,4 +1,4 @@
-package listener
+package listener_test
 
 import (
 	"errors"
@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wslimit/wslimit/policy"
+	. "github.com/wslimit/wslimit/policy/listener"
 )
 
 // waitFor polls cond for up to 10 s: the accept loop runs in another
@@ -54,7 +55,8 @@ func serve(t *testing.T, p *policy.Policy, opts Options) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := New(inner, p, opts)
+	lim, _ := p.Listener()
+	l, err := New(inner, lim, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,12 +259,6 @@ func TestCapExactUnderConcurrency(t *testing.T) {
 	if st := s.l.Stats(); st.Live != 0 {
 		t.Fatalf("after closing all: %+v, want nothing live", st)
 	}
-	s.l.mu.Lock()
-	n := len(s.l.perIP)
-	s.l.mu.Unlock()
-	if n != 0 {
-		t.Fatalf("%d per-address entries left, want none (entries exist only while held)", n)
-	}
 }
 
 // TestDoubleCloseReleasesOnce: Close twice frees one slot, not two.
@@ -291,7 +287,8 @@ func TestUnreachableConnReleased(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := New(inner, p, Options{})
+	lim, _ := p.Listener()
+	l, err := New(inner, lim, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +315,8 @@ func TestIdleKeepAliveCapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := New(inner, p, Options{})
+	lim, _ := p.Listener()
+	l, err := New(inner, lim, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,9 +396,12 @@ func TestPolicyValidation(t *testing.T) {
 		}
 	}
 	p := mustPolicy(t, "version: 1\nrules: [{name: r, key: ip, connections: 1}]\nlistener: {per_subnet: 4, rate: 10/s}\n")
-	lc := p.Config().Listener
-	if lc.IPv4Prefix != 24 || lc.IPv6Prefix != 64 || lc.Burst != 10 {
-		t.Fatalf("defaults = %+v, want prefixes 24/64 and burst 10", lc)
+	lc, ok := p.Listener()
+	if !ok || lc.IPv4Prefix != 24 || lc.IPv6Prefix != 64 || lc.Burst != 10 || lc.Rate != 10 {
+		t.Fatalf("compiled = %+v, %v; want prefixes 24/64, rate 10/s and burst 10", lc, ok)
+	}
+	if _, ok := mustPolicy(t, "version: 1\nrules: [{name: r, key: ip, connections: 1}]\n").Listener(); ok {
+		t.Fatal("a policy without a listener section reports one")
 	}
 }
 
@@ -412,9 +413,8 @@ func TestSetPolicy(t *testing.T) {
 	dialFrom(t, "127.0.0.2", addr)
 	dialFrom(t, "127.0.0.2", addr)
 	waitFor(t, "two admissions", func() bool { return s.l.Stats().Live == 2 })
-	if err := s.l.SetPolicy(mustPolicy(t, "version: 1\nrules: [{name: r, key: ip, connections: 9}]\nlistener: {per_ip: 2}\n")); err != nil {
-		t.Fatal(err)
-	}
+	lim, _ := mustPolicy(t, "version: 1\nrules: [{name: r, key: ip, connections: 9}]\nlistener: {per_ip: 2}\n").Listener()
+	s.l.SetLimits(lim)
 	if !refused(t, "127.0.0.2", addr) {
 		t.Fatal("the lowered cap did not count the connections opened before the reload")
 	}

@@ -14,12 +14,12 @@
 //	...
 //	http.Handle("/metrics", promhttp.Handler())
 //
-// With a Redis store, pass it as Health (policy.HealthReporter) for the
+// With a Redis store, pass its Health method as Options.Health for the
 // store health metrics, and its error counter; do not pass it as Store,
 // whose per-rule figures it reads from Redis with SCAN (ws's inspection
 // page uses them):
 //
-//	obs := prom.New(prom.Options{Health: rs, StoreErrors: func() uint64 { return rs.Snapshot().Errors }})
+//	obs := prom.New(prom.Options{Health: rs.Health, StoreErrors: func() uint64 { return rs.Snapshot().Errors }})
 //
 // No key (client IP, subnet, user id, cookie, header value) ever becomes a
 // label: the only labels are rule (bounded by the policy's rules, at most

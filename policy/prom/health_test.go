@@ -25,7 +25,7 @@ func TestStoreHealth(t *testing.T) {
 		Errors:        map[string]uint64{"timeout": 4, "unreachable": 1},
 		LatencyBounds: []float64{0.001, 0.01}, LatencyCounts: []uint64{3, 1, 2}, LatencySum: 50 * time.Millisecond,
 	}}
-	obs := prom.New(prom.Options{Health: f})
+	obs := prom.New(prom.Options{Health: f.Health})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(obs)
 	want := `

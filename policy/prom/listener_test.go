@@ -22,7 +22,8 @@ func TestListenerCollector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := listener.New(inner, p, listener.Options{})
+	lim, _ := p.Listener()
+	l, err := listener.New(inner, lim, listener.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

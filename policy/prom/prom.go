@@ -59,9 +59,10 @@ type Options struct {
 	StoreErrors func() uint64
 	// Health, when set, is read at every scrape for the store health
 	// metrics (breaker, call latency, errors by kind, degraded decisions,
-	// leases lost and registered again, instances); a redisstore.Store
-	// implements it. It must be cheap and safe for concurrent use.
-	Health policy.HealthReporter
+	// leases lost and registered again, instances): pass a
+	// redisstore.Store's Health method. It must be cheap and safe for
+	// concurrent use.
+	Health func() policy.StoreHealth
 }
 
 // Observer exports a Limiter's decisions as Prometheus metrics. It
@@ -84,7 +85,7 @@ type Observer struct {
 	bucketsDesc *prometheus.Desc
 	evictDesc   *prometheus.Desc
 	errorsDesc  *prometheus.Desc
-	health      policy.HealthReporter
+	health      func() policy.StoreHealth
 	hd          healthDescs
 
 	// rules caches each rule's metric children, so that the hot path
@@ -327,6 +328,6 @@ func (o *Observer) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(o.errorsDesc, prometheus.CounterValue, float64(o.storeErrors()))
 	}
 	if o.health != nil {
-		o.hd.collect(ch, o.health.Health())
+		o.hd.collect(ch, o.health())
 	}
 }

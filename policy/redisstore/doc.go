@@ -70,7 +70,7 @@
 //
 // Admit returns an error only when its context ends before Redis answers,
 // when the Fallback store fails, or after Close or Shutdown (ErrClosed).
-// Snapshot and Health (policy.HealthReporter) expose the failure counters
+// Snapshot and Health (for prom.Options.Health) expose the failure counters
 // and the breaker state for metrics; the Store is a policy.Inspector whose
 // figures are read from Redis on demand, bounded in keys and time.
 //

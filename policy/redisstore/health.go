@@ -16,8 +16,6 @@ import (
 	"github.com/wslimit/wslimit/policy"
 )
 
-var _ policy.HealthReporter = (*Store)(nil)
-
 // minConfirm is the least budget of the PING that confirms a timeout.
 const minConfirm = 250 * time.Millisecond
 
@@ -163,7 +161,8 @@ func (l *latency) observe(d time.Duration) {
 	l.sumNS.Add(int64(d))
 }
 
-// Health reports the store's health for metrics (policy.HealthReporter).
+// Health reports the store's health for metrics (pass the method value as
+// prom.Options.Health).
 // It reads counters only; it makes no call to Redis.
 func (s *Store) Health() policy.StoreHealth {
 	h := policy.StoreHealth{

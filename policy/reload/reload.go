@@ -30,6 +30,11 @@ const DefaultDebounce = 100 * time.Millisecond
 // ConfigMap changes; the policy file itself gets no event then.
 const configMapData = "..data"
 
+// maxRead bounds what is read of a policy file: more than policy.Parse
+// accepts (it refuses the file with a clear error), less than a mistaken
+// path to a huge file would cost.
+const maxRead = 4 << 20
+
 // Options configure a Watcher. The zero value is usable: file changes
 // debounced by DefaultDebounce, no SIGHUP handling, no logging.
 type Options struct {
@@ -325,7 +330,7 @@ func readFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("reload: %w", err)
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, policy.MaxPolicyBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, maxRead))
 	if err != nil {
 		return nil, fmt.Errorf("reload: read %s: %w", path, err)
 	}
