@@ -15,8 +15,12 @@
 // reject.max_closing_per_ip).
 //
 // Guard.Middleware is the same admission for any http.Handler (other
-// WebSocket libraries, httputil.ReverseProxy): slots are released when the
-// wrapped handler returns.
+// WebSocket libraries, httputil.ReverseProxy). Its slots belong to the
+// connection too: the handler's ResponseWriter hijacks a net.Conn whose
+// Close releases them, so a handler may return at once or hand the
+// connection to goroutines; only a handler that never hijacks releases on
+// return. Requests that are not handshakes pass uncounted. Guard.Admit is
+// the admission alone, for code that can use neither: the caller releases.
 //
 // # Release
 //

@@ -252,27 +252,6 @@ func (g *Guard) checkOrigin(r *http.Request) bool {
 	return sameOrigin(r)
 }
 
-// Middleware returns a handler that admits each request under the policy
-// before calling next, and releases the slots when next returns (also when
-// it panics). It suits WebSocket libraries other than gorilla and
-// httputil.ReverseProxy, whose handlers return when the connection ends.
-// Refusals are written as in status mode.
-func (g *Guard) Middleware(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d := g.lim.Admit(r.Context(), r)
-		if !d.Allowed {
-			g.logReject(r, d)
-			g.writeStatus(w, r, d, d.Policy().Reject())
-			return
-		}
-		if d.WouldReject {
-			g.logReject(r, d)
-		}
-		defer d.Release()
-		next.ServeHTTP(w, r)
-	})
-}
-
 func (g *Guard) logReject(r *http.Request, d *policy.Decision) {
 	if g.log != nil {
 		g.log.write(r, d)

@@ -529,56 +529,6 @@ func TestCheckOriginStillRuns(t *testing.T) {
 	c.Close()
 }
 
-// TestMiddleware: slots are held while the wrapped handler runs.
-func TestMiddleware(t *testing.T) {
-	store := policy.NewMemoryStore()
-	g, err := New(mustPolicy(t, capDoc(1)), Options{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	entered, leave := make(chan struct{}), make(chan struct{})
-	srv := httptest.NewServer(g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/panic" {
-			panic(http.ErrAbortHandler)
-		}
-		entered <- struct{}{}
-		<-leave
-	})))
-	defer srv.Close()
-	done := make(chan int)
-	go func() {
-		resp, err := http.Get(srv.URL + "/hold")
-		if err != nil {
-			done <- 0
-			return
-		}
-		resp.Body.Close()
-		done <- resp.StatusCode
-	}()
-	<-entered
-	resp, err := http.Get(srv.URL + "/second")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusTooManyRequests {
-		t.Errorf("second request while first holds the slot: %d, want 429", resp.StatusCode)
-	}
-	close(leave)
-	if got := <-done; got != http.StatusOK {
-		t.Errorf("first request status %d", got)
-	}
-	if got := store.Stats("per-ip").Connections; got != 0 {
-		t.Errorf("slots after handler returned = %d", got)
-	}
-	if _, err := http.Get(srv.URL + "/panic"); err == nil {
-		t.Log("panic request answered")
-	}
-	if got := store.Stats("per-ip").Connections; got != 0 {
-		t.Errorf("slots after handler panicked = %d", got)
-	}
-}
-
 func TestUpgradeReturnsRejectError(t *testing.T) {
 	store := policy.NewMemoryStore()
 	g, _ := New(mustPolicy(t, capDoc(1)), Options{Store: store})
