@@ -173,17 +173,21 @@ func (c *Conn) Decision() *policy.Decision { return c.d }
 // Retry-After and a JSON body, or in close mode an upgrade followed by a
 // close frame) and returns an error wrapping ErrRejected. When the upgrade
 // itself fails, the slots are released at once and gorilla's error is
-// returned. Requests that are not WebSocket handshakes, or whose origin the
-// Upgrader refuses, are answered by the Upgrader without being counted.
+// returned. Requests that are not valid WebSocket handshakes (method,
+// Connection, Upgrade, Sec-WebSocket-Version, Sec-WebSocket-Key: what the
+// Upgrader would refuse anyway), or whose origin the Upgrader refuses, are
+// answered by the Upgrader before any rule is evaluated: they spend no
+// token, hold no slot and count as neither admission nor rejection.
 func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header) (*Conn, error) {
-	if !websocket.IsWebSocketUpgrade(r) || !g.checkOrigin(r) {
+	if status, _ := checkHandshake(r); status != 0 || !g.checkOrigin(r) {
 		return nil, g.refuseUpgrade(w, r, responseHeader)
 	}
 	return g.upgrade(w, r, responseHeader, g.lim.Admit(r.Context(), r))
 }
 
-// refuseUpgrade has the Upgrader answer a request that is not a WebSocket
-// handshake or whose origin it refuses.
+// refuseUpgrade has the Upgrader answer a request that is not a valid
+// WebSocket handshake or whose origin it refuses, so that the response
+// (status, Sec-WebSocket-Version: 13, Upgrader.Error) is gorilla's own.
 func (g *Guard) refuseUpgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header) error {
 	c, err := g.up.Upgrade(w, r, responseHeader) // writes the error response
 	if err == nil {
