@@ -48,11 +48,15 @@ type Limiter struct {
 	now    func() time.Time
 	log    *slog.Logger
 	obs    Observer
+	// refused remembers recent rate refusals of address rules, so that an
+	// address over its rate is refused before any token is verified
+	// (refusals.go).
+	refused *refusals
 }
 
 // NewLimiter returns a Limiter enforcing p.
 func NewLimiter(p *Policy, opts Options) *Limiter {
-	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger, obs: opts.Observer}
+	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger, obs: opts.Observer, refused: newRefusals()}
 	if l.store == nil {
 		l.store = NewMemoryStore()
 	}
@@ -203,7 +207,8 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	if !ok || len(claims) == 0 {
 		return d
 	}
-	lease, v, err := l.store.Admit(ctx, l.now(), claims)
+	now := l.now()
+	lease, v, err := l.store.Admit(ctx, now, claims)
 	if err != nil {
 		if l.log != nil {
 			l.log.LogAttrs(ctx, slog.LevelError, "wslimit: store failed; refusing", slog.String("error", err.Error()))
@@ -214,6 +219,7 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 	d.claims = claims
 	if !v.OK {
 		d.refusedBy(p, v)
+		l.remember(p, now, claims, v)
 		return d
 	}
 	d.lease, d.held = lease, true
@@ -236,7 +242,8 @@ func (d *Decision) refusedBy(p *Policy, v Verdict) {
 
 // collect resolves the client and takes each rule's key from r: the claims
 // to put to the store. false means the decision is already made (an exempt
-// client, or a missing identity that refuses).
+// client, an address rate rule remembered as refusing, or a missing
+// identity that refuses).
 func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 	ip, ipErr := p.clientIP.Resolve(r)
 	if ipErr == nil {
@@ -245,6 +252,11 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			d.Exempt = true
 			return nil, false
 		}
+	}
+	// Address rules first: a key known to be over its rate refuses before
+	// any token is verified (and before any store call).
+	if d.refusedBefore(p, r, ip, ipErr == nil) {
+		return nil, false
 	}
 	claims := d.buf[:0]
 	if len(p.rules) > len(d.buf) {

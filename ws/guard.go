@@ -78,6 +78,10 @@ type Options struct {
 	// Reject, when set, replaces the default rejection response in status
 	// mode. It must write a response.
 	Reject func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
+	// Keepalive, when set, pings upgraded connections and closes those
+	// whose peer stops answering or reading (see Keepalive); zero is off.
+	// It applies to Upgrade, not to Middleware.
+	Keepalive Keepalive
 }
 
 // Guard admits WebSocket handshakes under a policy before upgrading them.
@@ -93,6 +97,7 @@ type Guard struct {
 	checked websocket.Upgrader
 	log     *rejectLog
 	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
+	ka      Keepalive // with defaults filled in; zero when off
 
 	mu        sync.Mutex // guards the close-path bounds; orders wg.Add before Close's wg.Wait
 	closed    bool
@@ -106,6 +111,13 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 	if p == nil {
 		return nil, errors.New("ws: nil policy")
 	}
+	var ka Keepalive
+	if opts.Keepalive.on() {
+		var err error
+		if ka, err = opts.Keepalive.withDefaults(); err != nil {
+			return nil, err
+		}
+	}
 	store := opts.Store
 	if store == nil {
 		store = policy.NewMemoryStore()
@@ -117,6 +129,7 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 		up:        opts.Upgrader,
 		checked:   opts.Upgrader,
 		reject:    opts.Reject,
+		ka:        ka,
 		closingIP: map[netip.Addr]int{},
 	}
 	g.checked.CheckOrigin = func(*http.Request) bool { return true }
@@ -163,6 +176,8 @@ type Conn struct {
 	// connection instead of three).
 	hw hijackWriter  // the ResponseWriter gorilla upgrades through
 	nc releasingConn // the network connection gorilla holds
+
+	ka *keepalive // nil when keepalive is off
 }
 
 // Decision returns the admission decision of the connection.
@@ -173,17 +188,21 @@ func (c *Conn) Decision() *policy.Decision { return c.d }
 // Retry-After and a JSON body, or in close mode an upgrade followed by a
 // close frame) and returns an error wrapping ErrRejected. When the upgrade
 // itself fails, the slots are released at once and gorilla's error is
-// returned. Requests that are not WebSocket handshakes, or whose origin the
-// Upgrader refuses, are answered by the Upgrader without being counted.
+// returned. Requests that are not valid WebSocket handshakes (method,
+// Connection, Upgrade, Sec-WebSocket-Version, Sec-WebSocket-Key: what the
+// Upgrader would refuse anyway), or whose origin the Upgrader refuses, are
+// answered by the Upgrader before any rule is evaluated: they spend no
+// token, hold no slot and count as neither admission nor rejection.
 func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header) (*Conn, error) {
-	if !websocket.IsWebSocketUpgrade(r) || !g.checkOrigin(r) {
+	if status, _ := checkHandshake(r); status != 0 || !g.checkOrigin(r) {
 		return nil, g.refuseUpgrade(w, r, responseHeader)
 	}
 	return g.upgrade(w, r, responseHeader, g.lim.Admit(r.Context(), r))
 }
 
-// refuseUpgrade has the Upgrader answer a request that is not a WebSocket
-// handshake or whose origin it refuses.
+// refuseUpgrade has the Upgrader answer a request that is not a valid
+// WebSocket handshake or whose origin it refuses, so that the response
+// (status, Sec-WebSocket-Version: 13, Upgrader.Error) is gorilla's own.
 func (g *Guard) refuseUpgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header) error {
 	c, err := g.up.Upgrade(w, r, responseHeader) // writes the error response
 	if err == nil {
@@ -210,7 +229,9 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		if err != nil {
 			return nil, err
 		}
-		return &Conn{Conn: c, d: d}, nil
+		gc := &Conn{Conn: c, d: d}
+		g.startKeepalive(gc)
+		return gc, nil
 	}
 	gc := &Conn{d: d}
 	gc.nc.d = d
@@ -224,6 +245,7 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		return nil, err
 	}
 	gc.Conn = c
+	g.startKeepalive(gc)
 	return gc, nil
 }
 

@@ -258,6 +258,8 @@ func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard
 		Logger:   log,
 		Observer: obs,
 		Upgrader: websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
+
+		Keepalive: ws.Keepalive{PingInterval: 20 * time.Second, PongWait: 30 * time.Second, WriteTimeout: 10 * time.Second},
 	})
 	if err != nil {
 		return nil, nil, err
