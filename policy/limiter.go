@@ -253,7 +253,18 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 	who := requestIdentity{p: p, r: r, now: d.l.now, d: d}
 	for i := range p.rules {
 		rule := &p.rules[i]
-		k, ok := rule.key(r, ip, ipErr == nil, &who)
+		var k keys.Key
+		ok := ipErr == nil
+		switch rule.kind {
+		case keyIP:
+			k = keys.IP(ip)
+		case keySubnet:
+			k = keys.Subnet(ip, rule.v4, rule.v6)
+		case keyGlobal:
+			k, ok = keys.Global(), true
+		default:
+			k, ok = rule.key(r, &who)
+		}
 		if !ok {
 			if rule.rejectMiss {
 				d.refuse(p, rule.claim.Rule, ReasonMissing, 0)
@@ -263,12 +274,12 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			}
 			continue
 		}
-		c := rule.claim
-		if rule.tiers != nil {
-			c = rule.tier(&who)
+		if rule.tiers == nil {
+			claims = append(claims, rule.claim)
+		} else {
+			claims = append(claims, rule.tier(&who))
 		}
-		c.Key = k
-		claims = append(claims, c)
+		claims[len(claims)-1].Key = k
 	}
 	return claims, true
 }
@@ -331,16 +342,10 @@ func (w *requestIdentity) get() (identity.Identity, bool) {
 	return id, true
 }
 
-// key takes the rule's key from the request; false when it is absent. ip is
-// the resolved client address, valid when hasIP.
-func (ru *rule) key(r *http.Request, ip netip.Addr, hasIP bool, who *requestIdentity) (keys.Key, bool) {
+// key takes a header, token or cookie rule's key from the request (collect
+// takes the address keys); false when it is absent.
+func (ru *rule) key(r *http.Request, who *requestIdentity) (keys.Key, bool) {
 	switch ru.kind {
-	case keyIP:
-		return keys.IP(ip), hasIP
-	case keySubnet:
-		return keys.Subnet(ip, ru.v4, ru.v6), hasIP
-	case keyGlobal:
-		return keys.Global(), true
 	case keyHeader:
 		return keys.HeaderValue(r, ru.param)
 	case keyJWT:
