@@ -265,7 +265,10 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 	who := requestIdentity{p: p, r: r, now: d.l.now, d: d}
 	for i := range p.rules {
 		rule := &p.rules[i]
-		k, ok := rule.key(r, ip, ipErr == nil, &who)
+		k, ok := rule.addressKey(r, ip, ipErr == nil)
+		if !rule.byAddress() {
+			k, ok = rule.key(r, &who)
+		}
 		if !ok {
 			if rule.rejectMiss {
 				d.refuse(p, rule.claim.Rule, ReasonMissing, 0)
@@ -275,12 +278,12 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			}
 			continue
 		}
-		c := rule.claim
-		if rule.tiers != nil {
-			c = rule.tier(&who)
+		if rule.tiers == nil {
+			claims = append(claims, rule.claim)
+		} else {
+			claims = append(claims, rule.tier(&who))
 		}
-		c.Key = k
-		claims = append(claims, c)
+		claims[len(claims)-1].Key = k
 	}
 	return claims, true
 }
@@ -343,9 +346,21 @@ func (w *requestIdentity) get() (identity.Identity, bool) {
 	return id, true
 }
 
-// key takes the rule's key from the request; false when it is absent. ip is
-// the resolved client address, valid when hasIP.
-func (ru *rule) key(r *http.Request, ip netip.Addr, hasIP bool, who *requestIdentity) (keys.Key, bool) {
+// key takes a header, token or cookie rule's key from the request (collect
+// takes the address keys); false when it is absent.
+// byAddress reports whether the rule's key comes from the request's
+// address or headers alone, with no identity to verify.
+func (ru *rule) byAddress() bool {
+	switch ru.kind {
+	case keyIP, keySubnet, keyGlobal, keyHeader:
+		return true
+	}
+	return false
+}
+
+// addressKey returns the key of a rule that byAddress: ip is the resolved
+// client address, valid when hasIP.
+func (ru *rule) addressKey(r *http.Request, ip netip.Addr, hasIP bool) (keys.Key, bool) {
 	switch ru.kind {
 	case keyIP:
 		return keys.IP(ip), hasIP
@@ -353,6 +368,14 @@ func (ru *rule) key(r *http.Request, ip netip.Addr, hasIP bool, who *requestIden
 		return keys.Subnet(ip, ru.v4, ru.v6), hasIP
 	case keyGlobal:
 		return keys.Global(), true
+	case keyHeader:
+		return keys.HeaderValue(r, ru.param)
+	}
+	return keys.Key{}, false
+}
+
+func (ru *rule) key(r *http.Request, who *requestIdentity) (keys.Key, bool) {
+	switch ru.kind {
 	case keyHeader:
 		return keys.HeaderValue(r, ru.param)
 	case keyJWT:

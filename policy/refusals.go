@@ -125,7 +125,7 @@ func (d *Decision) refusedBefore(p *Policy, r *http.Request, ip netip.Addr, hasI
 		if !ru.addressRate() {
 			continue
 		}
-		k, ok := ru.key(r, ip, hasIP, nil)
+		k, ok := ru.addressKey(r, ip, hasIP)
 		if !ok {
 			continue
 		}
