@@ -154,7 +154,7 @@ func (s *MemoryStore) newTable(r *memRule, lim *limits, want int64) *buckets.Tab
 	t := r.buckets.Load()
 	switch {
 	case t == nil:
-		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: lim.state != nil && lim.state.refuse}, s.hash)
+		t = buckets.New[keys.Key](buckets.Options{MaxKeys: int(want), RefuseWhenFull: lim.state != nil && lim.state.refuse})
 		r.buckets.Store(t)
 	case r.maxKeys.Load() != want:
 		t.Resize(int(want))
