@@ -138,7 +138,7 @@ func runDifferential(t *testing.T, seed uint64, steps int) diffStats {
 		return l, b
 	}
 
-	tb := New(Options{MaxKeys: minShardKeys}, hashString) // one shard
+	tb := New[string](Options{MaxKeys: minShardKeys}) // one shard
 	if len(tb.set.Load().shards) != 1 {
 		t.Fatal("want a one-shard table")
 	}

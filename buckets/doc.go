@@ -8,7 +8,7 @@
 // and returns a [Reservation] that gives the token back if the caller
 // decides not to admit after all:
 //
-//	t := buckets.New(buckets.Options{MaxKeys: 100_000}, func(k keys.Key) uint64 { return k.Hash(seed) })
+//	t := buckets.New[keys.Key](buckets.Options{MaxKeys: 100_000})
 //	res, r := t.Reserve(k, now, 10, 20) // 10 tokens per second, burst 20
 //	if !r.OK {
 //		// 429, Retry-After from r.RetryAfter (or r.Full: table full)
@@ -22,14 +22,16 @@
 // reload or a per-user tier applies to keys that already have a bucket.
 //
 // The whole algorithm is in table.go: the token arithmetic as pure
-// functions of a bucket and a time, the unlocked LRU of one shard
-// (github.com/hashicorp/golang-lru/v2/simplelru) with what it drops when
-// full, and the sharded, locked Table around it.
+// functions of a bucket, its parameters and a time, the unlocked LRU of
+// one shard (github.com/hashicorp/golang-lru/v2/simplelru) with its
+// parameter sets and what it drops when full, and the sharded, locked
+// Table around it.
 //
 // # Arithmetic
 //
-// A bucket is two numbers, its tokens and the time they were counted, and
-// follows golang.org/x/time/rate for everything the table does with it
+// A bucket is two numbers, its tokens and the time they were counted, with
+// a limit and a burst (see "Parameter sets" below), and follows
+// golang.org/x/time/rate for everything the table does with it
 // (the differential test in differential_test.go runs random sequences
 // against a rate.Limiter: results and token counts agree to the bit in most
 // steps and within a few units in the last place in the others):
@@ -74,11 +76,19 @@
 //
 // When the bucket has since been dropped, moved by Resize, or given a new
 // limit or burst, Cancel gives nothing back. Every case errs toward
-// admitting fewer, never more. A Reservation points at its bucket and
-// remembers the bucket's generation, which changes with its parameters. A
-// bucket that leaves its shard's LRU is never put back (Resize moves
-// copies), so Cancel never adds a token to another key's bucket, nor to a
-// new bucket of the same key.
+// admitting fewer, never more. A Reservation names its bucket's place in
+// the shard's LRU and the number of buckets the shard had removed from it
+// then; the shard remembers the last 32 removals (a bucket that takes
+// other parameters is removed from its place too, and a shard that Resize
+// rebuilds counts every bucket as removed). Cancel gives back only when
+// none of the removals since was its bucket's and the shard remembers
+// them all, so it never adds a token to another key's bucket, nor to a new
+// bucket of the same key, nor to a bucket under other parameters. With
+// more than 32 removals in the shard between the Reserve and the Cancel
+// (a flood of new keys at a full table, within the microseconds between
+// the two), Cancel gives nothing back. Cancel, like Reserve, makes the
+// bucket its shard's most recently used: the LRU holds the buckets by
+// value, and a bucket is updated by putting it back.
 //
 // # Time
 //
@@ -96,12 +106,50 @@
 //
 // # Keys
 //
-// Each shard's LRU is keyed by the key itself, compared by ==: two keys
-// never share a bucket, whatever their hashes. The hash given to [New] only
-// spreads the keys over the shards, and a key flood aimed at one shard
-// (keys whose hashes an attacker could steer) can only churn that shard's
-// share of MaxKeys. The price is memory: the LRU's map holds each key, and
-// so does its list entry (see below).
+// The table keeps no key. It knows a key by a 64-bit digest,
+// hash/maphash.Comparable under a seed that [New] draws at random for the
+// table and that never leaves it: keys equal under == have the same digest.
+// The top 6 bits choose the key's shard; the low 6 bits give way to the
+// index of the bucket's parameter set, so two keys share a bucket when
+// their digests agree in the other 58 bits.
+//
+// The threat is a key that drains another's bucket: an attacker who finds
+// a key (an address, a header value) whose digest matches a victim's would
+// spend the victim's tokens, or have the victim spend his. Without the
+// seed no one can compute digests, so collisions cannot be searched for
+// offline, and the table shows no digest: each try is a handshake, and a
+// try matches a given victim with probability 2^-58 (about 3 × 10^17 tries,
+// nine thousand years at a million handshakes a second). Sharing a bucket
+// with some key, not a chosen one, is likelier: a table of n keys takes
+// about 2^58 / n new keys per such collision (3 × 10^11 at n = 1,000,000,
+// days of a flood of a million new keys a second); the two keys, most
+// likely both flood keys, then share one bucket until it is dropped, each
+// limited a little sooner, which gives no one more tokens. maphash is not
+// a cryptographic hash: this rests on its seeded mixing, which is what Go's
+// own maps rely on against hash flooding. A flood aimed at one shard can
+// only churn that shard's share of MaxKeys.
+//
+// A 128-bit digest would put even untargeted sharing out of reach, but not
+// in the memory this table is meant to take with simplelru as its
+// structure: a 16-byte LRU key makes the list entry a 96-byte allocation
+// and the map slot 24 bytes, about 152 bytes per bucket at 1,000,000 (136
+// with an 8-byte value, which cannot hold a bucket), against 118 (see
+// "Bounded memory and the full table").
+//
+// # Parameter sets
+//
+// The limit and burst of every bucket are kept once per shard: a shard has
+// up to 64 parameter sets, and a bucket's place in the LRU names its set.
+// A key's Reserve looks under the set of the parameters it passes; if the
+// key has no bucket there, under each other set in use in the shard (one
+// map lookup per set: a policy with tiers pays that for each new key), and
+// a bucket found under other parameters moves to the new set (see
+// Arithmetic). A set with no bucket left is used for the next new
+// parameters. When a shard has 64 sets with buckets (a rule with dozens of
+// tiers, or many reloads that changed its rates while old buckets stay)
+// and new parameters come, the set with the fewest buckets goes: its
+// buckets are dropped, counted as evictions unless they had refilled, in
+// either mode.
 //
 // # Bounded memory and the full table
 //
@@ -113,9 +161,10 @@
 // The table is split into shards (see Concurrency), each with a fixed share
 // of MaxKeys; the shares add up to exactly MaxKeys, so Len never exceeds
 // it. Each shard is an LRU: every Reserve of a key that has a bucket
-// (granted or refused) makes that bucket the shard's most recently used;
-// Tokens and Cancel do not. When a key without a bucket arrives at a full
-// shard, the table does what Options.RefuseWhenFull says:
+// (granted or refused) makes that bucket the shard's most recently used,
+// and so does a Cancel that gives a token back; Tokens does not. When a
+// key without a bucket arrives at a full shard, the table does what
+// Options.RefuseWhenFull says:
 //
 //   - false (the default): the shard's least recently used bucket is
 //     dropped and the new key gets a bucket. Dropping it is counted in
@@ -139,17 +188,17 @@
 // Both are deliberate choices, unlike nginx's limit_req/limit_conn, which
 // fail every request that needs a new entry once the zone is full.
 //
-// Memory per bucket is simplelru's list entry (three pointers, the key, a
-// pointer to the bucket, and 32 bytes of expiry fields that simplelru
-// carries for its expirable sibling), the 32-byte bucket (tokens, time,
-// limit, burst, generation), and the map's slot (the key and a pointer),
-// with the map's free room (a Go map is between 7/16 and 7/8 full): for
-// keys shaped like the module's keys.Key (56 bytes), 160 bytes of entry and
-// bucket and 95 to 150 of map, so about 255 bytes per bucket at 100,000
-// buckets and 311 at 1,000,000 (BenchmarkMemoryPerKey; the baseline map of
-// rate.Limiters measured beside it takes about 230 bytes per key, without a
-// bound). A hit allocates nothing; a new bucket allocates its list entry
-// and the bucket.
+// Memory per bucket, whatever the key's type, is simplelru's list entry
+// (three pointers, the 8-byte LRU key, the 16-byte bucket held by value,
+// and 32 bytes of expiry fields that simplelru carries for its expirable
+// sibling: 80 bytes) and the map's slot (the LRU key and a pointer, 16
+// bytes and a control byte) with the map's free room (a Go map is between
+// 7/16 and 7/8 full: 19 to 39 bytes), so about 104 bytes per bucket at
+// 100,000 buckets and 118 at 1,000,000, the worst case: the maps are just
+// past a doubling (BenchmarkMemoryPerKey; the baseline map of
+// rate.Limiters measured beside it takes 174 and 231 bytes per key, without
+// a bound). A shard adds a fixed few hundred bytes. A hit allocates
+// nothing; a new bucket allocates its list entry.
 //
 // A shard can be full while others have room, so eviction (or refusal)
 // starts a little before Len reaches MaxKeys: the price of an exact bound
@@ -162,13 +211,14 @@
 // and otherwise moves the buckets into a new set of shards. A shard whose
 // buckets still fit keeps them where they are. A shard that must drop
 // buckets, or a move to new shards, drops those that have refilled, then
-// the least recently updated, and moves the others, as copies, into a new
-// LRU (so that a shrunk shard's memory shrinks too).
+// the least recently updated, and moves the others into a new LRU (so
+// that a shrunk shard's memory shrinks too); their reservations give
+// nothing back.
 //
 // # Concurrency
 //
 // A Table is safe for concurrent use by multiple goroutines. Keys are spread
-// over up to 64 shards by their hash; each shard is a mutex around an
+// over up to 64 shards by their digest; each shard is a mutex around an
 // unlocked LRU of buckets. Reserve and Tokens lock one shard; Len and
 // Evictions visit the shards one after another, so under concurrent use
 // their result is not a snapshot of one instant. Resize locks the shards

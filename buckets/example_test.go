@@ -2,17 +2,13 @@ package buckets_test
 
 import (
 	"fmt"
-	"hash/maphash"
 	"time"
 
 	"github.com/wslimit/wslimit/buckets"
 )
 
 func Example() {
-	seed := maphash.MakeSeed()
-	t := buckets.New(buckets.Options{MaxKeys: 10_000}, func(ip string) uint64 {
-		return maphash.String(seed, ip)
-	})
+	t := buckets.New[string](buckets.Options{MaxKeys: 10_000})
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 	// Two handshakes per second, bursts of two.

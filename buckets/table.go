@@ -3,16 +3,18 @@ package buckets
 // This file holds the whole algorithm, in three layers:
 //
 //   - token arithmetic on one bucket (bucket.tokensAt, take, withParams,
-//     cancel, refilled and durationFromTokens): pure functions of a bucket
-//     and a time, which follow golang.org/x/time/rate for the one-token
-//     reservations the table makes;
-//   - core, the unlocked heart of a shard: a simplelru.LRU from key to
-//     bucket, and what to drop when it is full;
+//     cancel, refilled and durationFromTokens): pure functions of a
+//     bucket, its parameters and a time, which follow golang.org/x/time/rate
+//     for the one-token reservations the table makes;
+//   - core, the unlocked heart of a shard: a simplelru.LRU from a key's
+//     digest to its bucket, the shard's parameter sets, and what to drop
+//     when it is full;
 //   - shard, shardSet and Table: a mutex around each core, the shards of
 //     one MaxKeys, and the exported API.
 
 import (
 	"cmp"
+	"hash/maphash"
 	"math"
 	"slices"
 	"sync"
@@ -30,6 +32,9 @@ const DefaultMaxKeys = 100_000
 const (
 	// maxShards bounds the number of shards of a Table (a power of two).
 	maxShards = 64
+	// shardShift puts a digest's top bits in the low bits: they choose its
+	// shard.
+	shardShift = 58
 	// minShardKeys is the fewest buckets a shard is given when a Table has
 	// more than one shard: each shard is an LRU of its own, and an LRU of a
 	// handful of buckets would drop almost at random.
@@ -38,6 +43,13 @@ const (
 	// for one that has refilled, for one new key: a flood of new keys pays
 	// for each of them.
 	refuseLook = 4
+	// maxSets bounds the parameter sets (limit and burst) of the buckets of
+	// one shard; a bucket's LRU key names its set in its low bits, setMask.
+	maxSets = 64
+	setMask = maxSets - 1
+	// recentSize is the number of removals from its LRU a shard remembers,
+	// for Reservation.Cancel.
+	recentSize = 32
 )
 
 // Options configures a Table. The zero value is a table of DefaultMaxKeys
@@ -69,14 +81,14 @@ type Result struct {
 }
 
 // Reservation is a token taken by Table.Reserve, which Cancel gives back.
-// It is a small value that points at the bucket, its shard's lock and the
-// bucket's generation, with the time the token was taken; its zero value
-// is a reservation of nothing, whose Cancel does nothing.
+// It is a small value that names the bucket in its shard, with the time
+// the token was taken; its zero value is a reservation of nothing, whose
+// Cancel does nothing.
 type Reservation struct {
-	g   *guard
-	b   *bucket
+	s   *shard
+	key uint64 // the bucket's key in the shard's LRU
 	at  int64  // when the token was taken, in nanoseconds since the table's epoch
-	gen uint32 // the bucket's generation then; new parameters change it
+	seq uint64 // the shard's removals then
 }
 
 // Cancel gives the token back to its bucket. Call it with the time given
@@ -91,18 +103,19 @@ type Reservation struct {
 // rate.Reservation.CancelAt does, which may be nothing; when the bucket
 // has since been dropped or moved, or its limit or burst changed, it
 // restores nothing. These err toward admitting fewer, never more (see
-// "Giving a token back" in the package documentation). Cancel a
+// "Giving a token back" in the package documentation). Like Reserve,
+// Cancel makes the bucket its shard's most recently used. Cancel a
 // reservation at most once: a second Cancel of the same reservation (or of
 // a copy) gives the token back again.
 func (r Reservation) Cancel(now time.Time) {
-	if r.b == nil || since(now, r.g.epoch) > r.at {
+	if r.s == nil || since(now, r.s.epoch) > r.at {
 		return
 	}
-	r.g.mu.Lock()
-	if r.b.gen == r.gen {
-		*r.b = r.b.cancel(r.at)
+	r.s.mu.Lock()
+	if !r.s.retired {
+		r.s.cancel(r.key, r.at, r.seq)
 	}
-	r.g.mu.Unlock()
+	r.s.mu.Unlock()
 }
 
 // since returns t as nanoseconds since epoch. time.Time.Sub uses the
@@ -111,53 +124,64 @@ func (r Reservation) Cancel(now time.Time) {
 // saturates at about ±292 years.
 func since(t, epoch time.Time) int64 { return int64(t.Sub(epoch)) }
 
-// bucket is one key's token bucket: 32 bytes.
-type bucket struct {
-	tokens float64    // the tokens at last
-	last   int64      // the bucket's latest update, in ns since the epoch
-	limit  rate.Limit // tokens per second
-	burst  int32
-	gen    uint32 // changes with the parameters: older tokens are not given back
+// params are a bucket's limit and burst.
+type params struct {
+	limit rate.Limit // tokens per second
+	burst int32
 }
 
-// tokensAt returns the tokens in b at t, as rate.Limiter.advance computes
-// them: t before the last update counts as the last update.
-func (b bucket) tokensAt(t int64) float64 {
+// same reports whether p and q are the same parameters, comparing the
+// limits bit for bit (so that a NaN limit is one parameter set, not a new
+// one each time).
+func (p params) same(q params) bool {
+	return math.Float64bits(float64(p.limit)) == math.Float64bits(float64(q.limit)) && p.burst == q.burst
+}
+
+// bucket is one key's token bucket: 16 bytes, held by value in its shard's
+// LRU. Its limit and burst are those of the shard's parameter set that its
+// LRU key names.
+type bucket struct {
+	tokens float64 // the tokens at last
+	last   int64   // the bucket's latest update, in ns since the epoch
+}
+
+// tokensAt returns the tokens in b at t under p, as rate.Limiter.advance
+// computes them: t before the last update counts as the last update.
+func (b bucket) tokensAt(p params, t int64) float64 {
 	tokens := b.tokens
-	if b.limit > 0 && t > b.last {
+	if p.limit > 0 && t > b.last {
 		elapsed := time.Duration(t - b.last)
 		if elapsed < 0 { // more than 292 years
 			elapsed = math.MaxInt64
 		}
-		tokens += elapsed.Seconds() * float64(b.limit)
+		tokens += elapsed.Seconds() * float64(p.limit)
 	}
-	return min(tokens, float64(b.burst))
+	return min(tokens, float64(p.burst))
 }
 
-// withParams returns b with a new limit and burst at t, as rate.Limiter's
-// SetLimitAt and SetBurstAt make them: the tokens are brought to t under
-// the old parameters. Its generation changes: tokens taken under the old
-// parameters are not given back.
-func (b bucket) withParams(t int64, limit rate.Limit, burst int32) bucket {
-	return bucket{tokens: b.tokensAt(t), last: t, limit: limit, burst: burst, gen: b.gen + 1}
+// withParams returns b, which had parameters old, at t when it takes new
+// ones, as rate.Limiter's SetLimitAt and SetBurstAt make it: the tokens
+// are brought to t under the old parameters.
+func (b bucket) withParams(t int64, old params) bucket {
+	return bucket{tokens: b.tokensAt(old, t), last: t}
 }
 
-// take takes one token from b at t if it holds one, as ReserveN(t, 1)
-// would, followed by CancelAt(t) when the reservation's delay is not zero:
-// a refused take spends nothing and returns that delay.
-func (b bucket) take(t int64) (bucket, Result) {
-	if b.limit == rate.Inf {
+// take takes one token from b at t under p if it holds one, as
+// ReserveN(t, 1) would, followed by CancelAt(t) when the reservation's
+// delay is not zero: a refused take spends nothing and returns that delay.
+func (b bucket) take(p params, t int64) (bucket, Result) {
+	if p.limit == rate.Inf {
 		return b, Result{OK: true} // x/time/rate neither counts nor needs tokens
 	}
-	if b.burst < 1 {
+	if p.burst < 1 {
 		return b, Result{RetryAfter: rate.InfDuration} // never: n > burst
 	}
-	tokens := b.tokensAt(t)
+	tokens := b.tokensAt(p, t)
 	b.last = t
 	left := tokens - 1
 	var wait time.Duration
 	if left < 0 {
-		wait = durationFromTokens(-left, b.limit)
+		wait = durationFromTokens(-left, p.limit)
 	}
 	if wait == 0 { // x/time/rate grants a deficit worth less than 1 ns too
 		b.tokens = left
@@ -167,28 +191,28 @@ func (b bucket) take(t int64) (bucket, Result) {
 	return b, Result{RetryAfter: wait}
 }
 
-// cancel returns b with a token taken at at given back: the whole token,
-// capped at the burst, which is exact when b has not been updated at a
-// later time since; else, updated at L, one token minus the refill from at
-// to L (x/time/rate's rule), which leaves b with no more than it would hold
-// without the reservation. See "Giving a token back" in the package
-// documentation.
-func (b bucket) cancel(at int64) bucket {
+// cancel returns b with a token taken at at given back under p: the whole
+// token, capped at the burst, which is exact when b has not been updated
+// at a later time since; else, updated at L, one token minus the refill
+// from at to L (x/time/rate's rule), which leaves b with no more than it
+// would hold without the reservation. See "Giving a token back" in the
+// package documentation.
+func (b bucket) cancel(p params, at int64) bucket {
 	restore := 1.0
-	if b.last > at && b.limit > 0 {
-		restore -= time.Duration(b.last-at).Seconds() * float64(b.limit)
+	if b.last > at && p.limit > 0 {
+		restore -= time.Duration(b.last-at).Seconds() * float64(p.limit)
 		if restore <= 0 {
 			return b
 		}
 	}
-	b.tokens = min(b.tokens+restore, float64(b.burst))
+	b.tokens = min(b.tokens+restore, float64(p.burst))
 	return b
 }
 
-// refilled reports whether b is full at t: such a bucket behaves exactly
-// like a new one, so dropping it loses nothing.
-func (b bucket) refilled(t int64) bool {
-	return b.tokensAt(t) >= float64(b.burst)
+// refilled reports whether b is full at t under p: such a bucket behaves
+// exactly like a new one, so dropping it loses nothing.
+func (b bucket) refilled(p params, t int64) bool {
+	return b.tokensAt(p, t) >= float64(p.burst)
 }
 
 // durationFromTokens is the time limit takes to produce tokens, as
@@ -205,35 +229,45 @@ func durationFromTokens(tokens float64, limit rate.Limit) time.Duration {
 }
 
 // core is the unlocked heart of a shard: its buckets, at most capacity of
-// them, in an LRU from key to bucket, least recently reserved first out.
-// Every method requires the shard's lock.
+// them, in an LRU, least recently used first out. Every method requires the
+// shard's lock.
 //
-// The LRU holds pointers, so that a hit finds and updates its bucket with
-// one map lookup, and a Reservation can point at its bucket. A bucket that
-// leaves the LRU is never put back: a Reservation of it then updates a
-// bucket no one reads. The core makes room itself before each Add, so the
-// LRU never evicts on its own.
-type core[K comparable] struct {
-	lru       *simplelru.LRU[K, *bucket]
-	capacity  int    // the most buckets the shard may hold
-	refuse    bool   // Options.RefuseWhenFull
-	clock     int64  // the latest time seen; earlier times are taken as it
-	evictions uint64 // buckets dropped before they had refilled
+// A key is known by its id, its 64-bit digest with the low bits cleared
+// (see "Keys" in the package documentation); its bucket's key in the LRU
+// is the id with, in those bits, the index of the bucket's parameter set
+// in sets. A bucket whose key passes other parameters moves to the key of
+// their set. The LRU holds the buckets by value, so that a bucket costs
+// one list entry and one map slot and nothing else: an update puts the
+// bucket back with Add. The core makes room itself before each new
+// bucket, so the LRU never evicts on its own.
+type core struct {
+	lru       *simplelru.LRU[uint64, bucket]
+	sets      []params // the parameter sets, at most maxSets
+	uses      []int    // the buckets of each set; a set of none is free
+	capacity  int      // the most buckets the shard may hold
+	refuse    bool     // Options.RefuseWhenFull
+	clock     int64    // the latest time seen; earlier times are taken as it
+	evictions uint64   // buckets dropped before they had refilled
+	// removed counts the buckets removed from lru; recent holds the keys of
+	// the latest recentSize of them, removal n at n%recentSize. They tell
+	// Cancel whether its bucket stayed.
+	removed uint64
+	recent  [recentSize]uint64
 }
 
-func newCore[K comparable](capacity int, clock int64, refuse bool) core[K] {
-	lru, err := simplelru.NewLRU[K, *bucket](capacity, nil)
+func newCore(capacity int, clock int64, refuse bool) core {
+	lru, err := simplelru.NewLRU[uint64, bucket](capacity, nil)
 	if err != nil {
 		panic("buckets: " + err.Error()) // capacity >= 1 by construction
 	}
-	return core[K]{lru: lru, capacity: capacity, refuse: refuse, clock: clock}
+	return core{lru: lru, capacity: capacity, refuse: refuse, clock: clock}
 }
 
 // advance moves the clock to now and returns the time to act at: now, or
 // the clock if now is earlier. x/time/rate counts the time between a
 // bucket's last update and now twice if now goes back; a monotone clock per
 // shard rules that out.
-func (c *core[K]) advance(now int64) int64 {
+func (c *core) advance(now int64) int64 {
 	if now < c.clock {
 		return c.clock
 	}
@@ -241,33 +275,143 @@ func (c *core[K]) advance(now int64) int64 {
 	return now
 }
 
-// reserve is Table.Reserve for the keys of this shard. It returns the time
-// it acted at, and the bucket a token was taken from (nil when there is
-// none to give back: refused, or a limit of rate.Inf).
-func (c *core[K]) reserve(k K, now int64, limit rate.Limit, burst int32) (int64, *bucket, Result) {
-	at := c.advance(now)
-	b, ok := c.lru.Get(k)
+// reserve is Table.Reserve for the key whose id is id. It returns the time
+// it acted at, the bucket's key in the LRU, and whether a token was taken
+// that Cancel can give back (not when refused, nor for a limit of
+// rate.Inf).
+func (c *core) reserve(id uint64, now int64, p params) (at int64, key uint64, held bool, r Result) {
+	at = c.advance(now)
+	set := c.find(p)
+	var b bucket
+	ok := false
+	if set >= 0 {
+		b, ok = c.lru.Peek(id | uint64(set))
+	}
 	if !ok {
-		// A new bucket starts full, so the take succeeds unless the burst
-		// is below one; then no bucket is made and none is dropped.
-		if limit != rate.Inf && burst < 1 {
-			return at, nil, Result{RetryAfter: rate.InfDuration}
+		if old, ob, found := c.lookup(id, set); found {
+			// Policy reloads and per-user tiers reach existing buckets here.
+			b = ob.withParams(at, c.sets[old])
+			c.remove(id | uint64(old))
+		} else {
+			// A new bucket starts full, so the take succeeds unless the
+			// burst is below one; then no bucket is made and none is
+			// dropped.
+			if p.limit != rate.Inf && p.burst < 1 {
+				return at, 0, false, Result{RetryAfter: rate.InfDuration}
+			}
+			if !c.makeRoom() {
+				return at, 0, false, Result{Full: true}
+			}
+			b = bucket{tokens: float64(p.burst), last: at}
 		}
-		if !c.makeRoom() {
-			return at, nil, Result{Full: true}
+		if set < 0 {
+			set = c.intern(p)
 		}
-		b = &bucket{tokens: float64(burst), last: at, limit: limit, burst: burst}
-		c.lru.Add(k, b)
-	} else if b.limit != limit || b.burst != burst {
-		// Policy reloads and per-user tiers reach existing buckets here.
-		*b = b.withParams(at, limit, burst)
+		c.uses[set]++
 	}
-	var r Result
-	*b, r = b.take(at)
-	if !r.OK || limit == rate.Inf {
-		return at, nil, r
+	key = id | uint64(set)
+	b, r = b.take(p, at)
+	c.lru.Add(key, b)
+	return at, key, r.OK && p.limit != rate.Inf, r
+}
+
+// find returns the index of the set of parameters p, or -1.
+func (c *core) find(p params) int {
+	return slices.IndexFunc(c.sets, p.same)
+}
+
+// lookup finds the bucket of the key whose id is id under any set but
+// skip, and returns its set.
+func (c *core) lookup(id uint64, skip int) (set int, b bucket, ok bool) {
+	for i, n := range c.uses {
+		if n > 0 && i != skip {
+			if b, ok := c.lru.Peek(id | uint64(i)); ok {
+				return i, b, true
+			}
+		}
 	}
-	return at, b, r
+	return -1, bucket{}, false
+}
+
+// intern returns a set for the parameters p, which have none: a free one,
+// a new one, or, when maxSets are in use, the one with the fewest buckets,
+// which it drops.
+func (c *core) intern(p params) int {
+	i := slices.Index(c.uses, 0)
+	if i < 0 && len(c.sets) < maxSets {
+		c.sets = append(c.sets, p)
+		c.uses = append(c.uses, 0)
+		return len(c.sets) - 1
+	}
+	if i < 0 {
+		i = slices.Index(c.uses, slices.Min(c.uses))
+		c.retire(i)
+	}
+	c.sets[i] = p
+	return i
+}
+
+// retire drops every bucket of set i, counting as evictions those that
+// have not refilled.
+func (c *core) retire(i int) {
+	for _, k := range c.lru.Keys() {
+		if k&setMask == uint64(i) {
+			if b, _ := c.lru.Peek(k); !b.refilled(c.sets[i], c.clock) {
+				c.evictions++
+			}
+			c.remove(k)
+		}
+	}
+}
+
+// paramsOf returns the parameters of the bucket whose LRU key is key.
+func (c *core) paramsOf(key uint64) params { return c.sets[key&setMask] }
+
+// remove removes the bucket whose LRU key is key, if any.
+func (c *core) remove(key uint64) {
+	if c.lru.Remove(key) {
+		c.removedKey(key)
+	}
+}
+
+// removedKey accounts for the removal of key from the LRU.
+func (c *core) removedKey(key uint64) {
+	c.uses[key&setMask]--
+	c.remember(key)
+}
+
+// remember records a removal of key for cancel.
+func (c *core) remember(key uint64) {
+	c.recent[c.removed%recentSize] = key
+	c.removed++
+}
+
+// stayed reports whether the bucket under key has stayed in the LRU since
+// the shard had removed seq buckets: none of the removals since was of key,
+// and the shard remembers them all.
+func (c *core) stayed(key, seq uint64) bool {
+	if c.removed-seq > recentSize {
+		return false
+	}
+	for n := seq; n < c.removed; n++ {
+		if c.recent[n%recentSize] == key {
+			return false
+		}
+	}
+	return true
+}
+
+// cancel is Reservation.Cancel: it gives back the token taken at at from
+// the bucket under key, if the bucket has stayed since the shard had
+// removed seq buckets. A bucket that moved to another parameter set has
+// been removed from its key.
+func (c *core) cancel(key uint64, at int64, seq uint64) {
+	if !c.stayed(key, seq) {
+		return
+	}
+	if b, ok := c.lru.Peek(key); ok {
+		c.lru.Add(key, b.cancel(c.paramsOf(key), at))
+	}
 }
 
 // makeRoom makes room for a new bucket if the shard is full, and reports
@@ -277,7 +421,7 @@ func (c *core[K]) reserve(k K, now int64, limit rate.Limit, burst int32) (int64,
 // least recently used end, moving each that has not refilled to the other
 // end so that the next new key looks at others, and reports false if none
 // of them had.
-func (c *core[K]) makeRoom() bool {
+func (c *core) makeRoom() bool {
 	if c.lru.Len() < c.capacity {
 		return true
 	}
@@ -287,8 +431,9 @@ func (c *core[K]) makeRoom() bool {
 	}
 	for range refuseLook {
 		k, b, _ := c.lru.GetOldest()
-		if b.refilled(c.clock) {
+		if b.refilled(c.paramsOf(k), c.clock) {
 			c.lru.RemoveOldest()
+			c.removedKey(k)
 			return true
 		}
 		c.lru.Get(k)
@@ -298,7 +443,7 @@ func (c *core[K]) makeRoom() bool {
 
 // len returns the number of buckets in c: none once Resize has retired
 // its shard.
-func (c *core[K]) len() int {
+func (c *core) len() int {
 	if c.lru == nil {
 		return 0
 	}
@@ -307,25 +452,30 @@ func (c *core[K]) len() int {
 
 // dropOldest drops the least recently used bucket, counting it as an
 // eviction unless it has refilled at the latest time the shard has seen.
-func (c *core[K]) dropOldest() {
-	if _, b, ok := c.lru.RemoveOldest(); ok && !b.refilled(c.clock) {
-		c.evictions++
+func (c *core) dropOldest() {
+	if k, b, ok := c.lru.RemoveOldest(); ok {
+		if !b.refilled(c.paramsOf(k), c.clock) {
+			c.evictions++
+		}
+		c.removedKey(k)
 	}
 }
 
-// moved is a bucket on its way to another core, with its key.
-type moved[K comparable] struct {
-	k K
-	b bucket
+// moved is a bucket on its way to another core, with its key's id and its
+// parameters.
+type moved struct {
+	id uint64
+	b  bucket
+	p  params
 }
 
 // drain appends to out the buckets of c that have not refilled at t; the
 // others carry no state and are left behind.
-func (c *core[K]) drain(out []moved[K], t int64) []moved[K] {
+func (c *core) drain(out []moved, t int64) []moved {
 	keys, buckets := c.lru.Keys(), c.lru.Values()
 	for i, b := range buckets {
-		if !b.refilled(t) {
-			out = append(out, moved[K]{keys[i], *b})
+		if p := c.paramsOf(keys[i]); !b.refilled(p, t) {
+			out = append(out, moved{keys[i] &^ setMask, b, p})
 		}
 	}
 	return out
@@ -334,30 +484,33 @@ func (c *core[K]) drain(out []moved[K], t int64) []moved[K] {
 // oldestFirst orders moved buckets for add: least recently updated first
 // and, of those updated at the same time, the fullest, so that a core that
 // cannot take them all drops those that carry the least state.
-func oldestFirst[K comparable](a, b moved[K]) int {
+func oldestFirst(a, b moved) int {
 	if c := cmp.Compare(a.b.last, b.b.last); c != 0 {
 		return c
 	}
 	return cmp.Compare(b.b.tokens, a.b.tokens)
 }
 
-// add puts a copy of a moved bucket into c as its most recently used,
-// dropping the least recently used if c is full. The copy has a new
-// address: reservations of the bucket from before the move give nothing
-// back.
-func (c *core[K]) add(m moved[K]) {
+// add puts a moved bucket into c as its most recently used, dropping the
+// least recently used if c is full.
+func (c *core) add(m moved) {
 	if c.lru.Len() >= c.capacity {
 		c.dropOldest()
 	}
-	b := m.b
-	c.lru.Add(m.k, &b)
+	set := c.find(m.p)
+	if set < 0 {
+		set = c.intern(m.p)
+	}
+	c.uses[set]++
+	c.lru.Add(m.id|uint64(set), m.b)
 }
 
 // resize sets c's capacity. When the buckets no longer fit, those that
 // have refilled are dropped, and the others move into a new LRU in
 // oldestFirst order, dropping the oldest that do not fit (so that the
-// memory of the old map is given back too).
-func (c *core[K]) resize(capacity int) {
+// memory of the old map is given back too). Moving counts as a removal of
+// every bucket: reservations from before give nothing back.
+func (c *core) resize(capacity int) {
 	if c.lru.Len() <= capacity {
 		c.lru.Resize(capacity)
 		c.capacity = capacity
@@ -365,31 +518,28 @@ func (c *core[K]) resize(capacity int) {
 	}
 	all := c.drain(nil, c.clock)
 	slices.SortStableFunc(all, oldestFirst)
-	next := newCore[K](capacity, c.clock, c.refuse)
-	next.evictions = c.evictions
+	next := newCore(capacity, c.clock, c.refuse)
+	next.evictions, next.removed, next.recent = c.evictions, c.removed, c.recent
+	for _, k := range c.lru.Keys() {
+		next.remember(k)
+	}
 	for _, m := range all {
 		next.add(m)
 	}
 	*c = next
 }
 
-// guard is what a Reservation needs of its shard: the lock, and the
-// table's epoch to read times by.
-type guard struct {
-	mu    sync.Mutex
-	epoch time.Time // read-only
-}
-
 // shard is one lock and its buckets.
-type shard[K comparable] struct {
-	guard
-	retired bool // replaced by Resize: look the shard up again
-	core[K]
+type shard struct {
+	mu      sync.Mutex
+	epoch   time.Time // the table's; read-only
+	retired bool      // replaced by Resize: look the shard up again
+	core
 }
 
 // shardSet is the shards of a Table for one MaxKeys.
-type shardSet[K comparable] struct {
-	shards  []shard[K]
+type shardSet struct {
+	shards  []shard
 	mask    uint64 // len(shards) - 1
 	maxKeys int
 	carried uint64 // evictions counted by shard sets this one replaced
@@ -416,38 +566,38 @@ func shardCapacity(maxKeys, n, i int) int {
 	return c
 }
 
-func newShardSet[K comparable](maxKeys int, epoch time.Time, clock int64, refuse bool) *shardSet[K] {
+func newShardSet(maxKeys int, epoch time.Time, clock int64, refuse bool) *shardSet {
 	n := shardCount(maxKeys)
-	s := &shardSet[K]{shards: make([]shard[K], n), mask: uint64(n - 1), maxKeys: maxKeys}
+	s := &shardSet{shards: make([]shard, n), mask: uint64(n - 1), maxKeys: maxKeys}
 	for i := range s.shards {
 		s.shards[i].epoch = epoch
-		s.shards[i].core = newCore[K](shardCapacity(maxKeys, n, i), clock, refuse)
+		s.shards[i].core = newCore(shardCapacity(maxKeys, n, i), clock, refuse)
 	}
 	return s
 }
+
+// of returns the shard of the key whose digest (or id) is d.
+func (s *shardSet) of(d uint64) *shard { return &s.shards[d>>shardShift&s.mask] }
 
 // Table keeps one token bucket per key, at most MaxKeys of them. Create one
 // with [New]; the zero value is not usable. A Table is safe for concurrent
 // use.
 type Table[K comparable] struct {
-	hash     func(K) uint64
+	seed     maphash.Seed // the table's own: its digests are known to no one else
 	refuse   bool
 	epoch    time.Time // times are kept as nanoseconds since the epoch
 	resizeMu sync.Mutex
-	set      atomic.Pointer[shardSet[K]]
+	set      atomic.Pointer[shardSet]
 }
 
-// New returns an empty Table. hash spreads the keys over the table's
-// shards: it must be deterministic and well mixed in its low bits (a
-// maphash under a per-process seed is). It only chooses a key's shard;
-// buckets are found by the key itself (compared by ==), so keys whose
-// hashes collide never share a bucket. It must not be nil.
-func New[K comparable](opts Options, hash func(K) uint64) *Table[K] {
-	if hash == nil {
-		panic("buckets: New with a nil hash function")
-	}
-	t := &Table[K]{hash: hash, refuse: opts.RefuseWhenFull, epoch: time.Now()}
-	t.set.Store(newShardSet[K](orDefault(opts.MaxKeys), t.epoch, math.MinInt64, t.refuse))
+// New returns an empty Table. The table knows a key by a 64-bit digest of
+// it (maphash.Comparable under a random seed of its own), and keeps no
+// key: keys whose digests agree in 58 bits share a bucket, which with
+// such digests takes about 2^58 keys to bring about on purpose (see
+// "Keys" in the package documentation).
+func New[K comparable](opts Options) *Table[K] {
+	t := &Table[K]{seed: maphash.MakeSeed(), refuse: opts.RefuseWhenFull, epoch: time.Now()}
+	t.set.Store(newShardSet(orDefault(opts.MaxKeys), t.epoch, math.MinInt64, t.refuse))
 	return t
 }
 
@@ -458,15 +608,14 @@ func orDefault(maxKeys int) int {
 	return maxKeys
 }
 
-// lock returns k's shard, locked.
-func (t *Table[K]) lock(k K) *shard[K] {
-	h := t.hash(k)
+// lock returns the id of k and its shard, locked.
+func (t *Table[K]) lock(k K) (uint64, *shard) {
+	id := maphash.Comparable(t.seed, k) &^ setMask
 	for {
-		set := t.set.Load()
-		s := &set.shards[h&set.mask]
+		s := t.set.Load().of(id)
 		s.mu.Lock()
 		if !s.retired {
-			return s
+			return id, s
 		}
 		s.mu.Unlock() // Resize has replaced the set since the Load
 	}
@@ -495,11 +644,11 @@ func clampBurst(burst int) int32 {
 // "Bounded memory and the full table" in the package documentation.
 func (t *Table[K]) Reserve(k K, now time.Time, limit rate.Limit, burst int) (Reservation, Result) {
 	n := since(now, t.epoch)
-	s := t.lock(k)
-	at, b, r := s.reserve(k, n, limit, clampBurst(burst))
+	id, s := t.lock(k)
+	at, key, held, r := s.reserve(id, n, params{limit, clampBurst(burst)})
 	var res Reservation
-	if b != nil {
-		res = Reservation{g: &s.guard, b: b, at: at, gen: b.gen}
+	if held {
+		res = Reservation{s: s, key: key, at: at, seq: s.removed}
 	}
 	s.mu.Unlock()
 	if r.RetryAfter > 0 && r.RetryAfter != rate.InfDuration && at > n {
@@ -515,10 +664,10 @@ func (t *Table[K]) Reserve(k K, now time.Time, limit rate.Limit, burst int) (Res
 // bucket (a key without a bucket would start with a full one). It does not
 // count as a use of the bucket.
 func (t *Table[K]) Tokens(k K, now time.Time) (float64, bool) {
-	s := t.lock(k)
+	id, s := t.lock(k)
 	defer s.mu.Unlock()
-	if b, ok := s.lru.Peek(k); ok {
-		return b.tokensAt(since(now, t.epoch)), true
+	if set, b, ok := s.lookup(id, -1); ok {
+		return b.tokensAt(s.sets[set], since(now, t.epoch)), true
 	}
 	return 0, false
 }
@@ -588,7 +737,7 @@ func (t *Table[K]) Resize(maxKeys int) {
 
 // reshard moves every bucket of old into a new set of shards for maxKeys,
 // holding every shard lock of old meanwhile, and retires old.
-func (t *Table[K]) reshard(old *shardSet[K], maxKeys int) {
+func (t *Table[K]) reshard(old *shardSet, maxKeys int) {
 	for i := range old.shards {
 		old.shards[i].mu.Lock()
 	}
@@ -600,14 +749,14 @@ func (t *Table[K]) reshard(old *shardSet[K], maxKeys int) {
 	}
 	// Every bucket goes to its new shard in oldestFirst order, so that a
 	// shard that cannot keep them all keeps those that matter most.
-	var all []moved[K]
+	var all []moved
 	for i := range old.shards {
 		all = old.shards[i].drain(all, clock)
 	}
 	slices.SortStableFunc(all, oldestFirst)
-	next := newShardSet[K](maxKeys, t.epoch, clock, t.refuse)
+	next := newShardSet(maxKeys, t.epoch, clock, t.refuse)
 	for _, m := range all {
-		next.shards[t.hash(m.k)&next.mask].add(m)
+		next.of(m.id).add(m)
 	}
 	for i := range next.shards {
 		carried += next.shards[i].evictions
@@ -618,7 +767,7 @@ func (t *Table[K]) reshard(old *shardSet[K], maxKeys int) {
 	for i := range old.shards {
 		s := &old.shards[i]
 		s.retired = true
-		s.core = core[K]{} // frees the buckets; reservations point at copies no one reads
+		s.core = core{} // frees the buckets; Cancel does nothing in a retired shard
 		s.mu.Unlock()
 	}
 }

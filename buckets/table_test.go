@@ -2,7 +2,6 @@ package buckets
 
 import (
 	"fmt"
-	"hash/maphash"
 	"math"
 	"net/netip"
 	"runtime"
@@ -17,14 +16,9 @@ import (
 	"github.com/wslimit/wslimit/internal/handoff"
 )
 
-var (
-	seed = maphash.MakeSeed()
-	t0   = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-)
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
-func hashString(s string) uint64 { return maphash.String(seed, s) }
-
-// mix is a non-allocating hash for integer keys (splitmix64 finaliser).
+// mix is the splitmix64 finaliser, for pseudo-random sequences.
 func mix(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
@@ -102,7 +96,7 @@ func TestReserveArithmetic(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tb := New(Options{}, hashString)
+			tb := New[string](Options{})
 			runSteps(t, tb, "k", tc.limit, tc.burst, tc.steps)
 		})
 	}
@@ -111,7 +105,7 @@ func TestReserveArithmetic(t *testing.T) {
 // TestDeniedReserveSpendsNothing guards all-or-nothing admission: a refused
 // handshake must not push the bucket's next token further away.
 func TestDeniedReserveSpendsNothing(t *testing.T) {
-	tb := New(Options{}, hashString)
+	tb := New[string](Options{})
 	ms := time.Millisecond
 	runSteps(t, tb, "k", 1, 1, []step{
 		{0, true, 0, 0},
@@ -124,7 +118,7 @@ func TestDeniedReserveSpendsNothing(t *testing.T) {
 }
 
 func TestBurstBelowOne(t *testing.T) {
-	tb := New(Options{}, hashString)
+	tb := New[string](Options{})
 	res, r := tb.Reserve("k", t0, 10, 0)
 	if r.OK || r.Full || r.RetryAfter != rate.InfDuration {
 		t.Fatalf("burst 0: got %+v, want refusal with RetryAfter InfDuration", r)
@@ -136,7 +130,7 @@ func TestBurstBelowOne(t *testing.T) {
 }
 
 func TestCancel(t *testing.T) {
-	tb := New(Options{}, hashString)
+	tb := New[string](Options{})
 	res1, _ := tb.Reserve("k", t0, 1, 2)
 	res2, _ := tb.Reserve("k", t0, 1, 2)
 	if got, _ := tb.Tokens("k", t0); got != 0 {
@@ -162,8 +156,8 @@ func TestCancel(t *testing.T) {
 // shard clock had moved that Reserve to a later time: the token comes back,
 // and the bucket's clock does not go back (which would refill it twice).
 func TestCancelEarlierTime(t *testing.T) {
-	tb := New(Options{MaxKeys: 64}, hashString) // one shard
-	tb.Reserve("other", at(time.Second), 1, 1)  // moves the shard clock
+	tb := New[string](Options{MaxKeys: 64})    // one shard
+	tb.Reserve("other", at(time.Second), 1, 1) // moves the shard clock
 	tb.Reserve("k", t0, 1, 2)
 	res, r := tb.Reserve("k", t0, 1, 2)
 	if !r.OK {
@@ -178,7 +172,7 @@ func TestCancelEarlierTime(t *testing.T) {
 // TestTimeGoesBack guards against x/time/rate counting a refill twice when
 // a call with an earlier time runs after one with a later time.
 func TestTimeGoesBack(t *testing.T) {
-	tb := New(Options{}, hashString)
+	tb := New[string](Options{})
 	ms := time.Millisecond
 	runSteps(t, tb, "k", 1, 1, []step{
 		{1000 * ms, true, 0, 0},
@@ -191,7 +185,7 @@ func TestTimeGoesBack(t *testing.T) {
 func TestParameterUpdate(t *testing.T) {
 	ms := time.Millisecond
 	t.Run("limit and burst raised", func(t *testing.T) {
-		tb := New(Options{}, hashString)
+		tb := New[string](Options{})
 		runSteps(t, tb, "k", 1, 3, []step{{0, true, 0, 2}, {0, true, 0, 1}, {0, true, 0, 0}})
 		// One second at the old rate gives one token; from then on the new
 		// rate applies. The raised burst is not filled at once.
@@ -203,12 +197,12 @@ func TestParameterUpdate(t *testing.T) {
 		})
 	})
 	t.Run("burst lowered", func(t *testing.T) {
-		tb := New(Options{}, hashString)
+		tb := New[string](Options{})
 		runSteps(t, tb, "k", 1, 10, []step{{0, true, 0, 9}})
 		runSteps(t, tb, "k", 1, 2, []step{{0, true, 0, 1}, {0, true, 0, 0}, {0, false, time.Second, 0}})
 	})
 	t.Run("limit lowered", func(t *testing.T) {
-		tb := New(Options{}, hashString)
+		tb := New[string](Options{})
 		runSteps(t, tb, "k", 10, 1, []step{{0, true, 0, 0}})
 		runSteps(t, tb, "k", 1, 1, []step{{0, false, time.Second, 0}, {500 * ms, false, 500 * ms, 0.5}})
 	})
@@ -222,7 +216,7 @@ func TestFullTable(t *testing.T) {
 		return r
 	}
 	t.Run("refilled bucket dropped first", func(t *testing.T) {
-		tb := New(Options{MaxKeys: 1}, hashString)
+		tb := New[string](Options{MaxKeys: 1})
 		reserve(t, tb, "a", 0)
 		if r := reserve(t, tb, "b", 1*time.Second); !r.OK {
 			t.Fatalf("b: %+v, want OK", r)
@@ -244,7 +238,7 @@ func TestFullTable(t *testing.T) {
 		}
 	})
 	t.Run("refuse mode", func(t *testing.T) {
-		tb := New(Options{MaxKeys: 1, RefuseWhenFull: true}, hashString)
+		tb := New[string](Options{MaxKeys: 1, RefuseWhenFull: true})
 		reserve(t, tb, "a", 0)
 		if r := reserve(t, tb, "b", 0); r.OK || !r.Full {
 			t.Fatalf("b: %+v, want Full", r)
@@ -277,12 +271,13 @@ func TestKeyFlood(t *testing.T) {
 	)
 	// The flood churns through a million short-lived buckets; collecting
 	// less often keeps the test fast under the race detector.
-	old := debug.SetGCPercent(800)
-	t.Cleanup(func() { debug.SetGCPercent(old) }) // after the parallel subtests
+	defer debug.SetGCPercent(debug.SetGCPercent(800))
+	// The subtests run one after the other: the heap measured in evict
+	// mode is the whole process's, which a flood running beside it would
+	// grow.
 	for _, refuse := range []bool{false, true} {
 		t.Run(fmt.Sprintf("refuse=%v", refuse), func(t *testing.T) {
-			t.Parallel()
-			tb := New(Options{MaxKeys: maxKeys, RefuseWhenFull: refuse}, mix)
+			tb := New[uint64](Options{MaxKeys: maxKeys, RefuseWhenFull: refuse})
 			full := 0
 			var heapFull uint64
 			for i := range uint64(flood) {
@@ -335,7 +330,7 @@ func heapAlloc() uint64 {
 // exactly burst of them may win, and cancels give exactly their tokens back.
 func TestExactBurstConcurrent(t *testing.T) {
 	const burst, workers = 50, 200
-	tb := New(Options{}, hashString)
+	tb := New[string](Options{})
 	var won atomic.Int64
 	var start, wg sync.WaitGroup
 	start.Add(1)
@@ -357,7 +352,7 @@ func TestExactBurstConcurrent(t *testing.T) {
 
 	// Reserve and cancel concurrently: every cancelled token comes back
 	// (all at one instant, so nothing is lost to later reservations).
-	tb = New(Options{}, hashString)
+	tb = New[string](Options{})
 	won.Store(0)
 	for range workers {
 		wg.Add(1)
@@ -388,7 +383,7 @@ func TestResize(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tb := New(Options{MaxKeys: tc.from}, mix)
+			tb := New[uint64](Options{MaxKeys: tc.from})
 			for i := range uint64(tc.from) {
 				tb.Reserve(i, t0, 1, 2)
 			}
@@ -430,7 +425,7 @@ func TestResize(t *testing.T) {
 // reservers run; a key's bucket must never be duplicated or lost track of.
 func TestResizeConcurrent(t *testing.T) {
 	const burst, workers, rounds = 1000, 4, 1000
-	tb := New(Options{MaxKeys: 10_000}, mix)
+	tb := New[uint64](Options{MaxKeys: 10_000})
 	stop := make(chan struct{})
 	resized := make(chan int)
 	go func() {
@@ -482,7 +477,7 @@ func TestResizeConcurrent(t *testing.T) {
 // TestLRUOrder guards the order of eviction: a full shard evicts its least
 // recently reserved bucket, so a bucket used since survives a new key.
 func TestLRUOrder(t *testing.T) {
-	tb := New(Options{MaxKeys: 3}, hashString) // one shard
+	tb := New[string](Options{MaxKeys: 3}) // one shard
 	reserve := func(k string) {
 		t.Helper()
 		if _, r := tb.Reserve(k, t0, 1, 2); !r.OK {
@@ -513,7 +508,7 @@ func TestLRUOrder(t *testing.T) {
 // nothing; a bucket that Resize leaves where it is gets its token back.
 func TestCancelAfterSlotReuse(t *testing.T) {
 	t.Run("evicted, place taken", func(t *testing.T) {
-		tb := New(Options{MaxKeys: 1}, hashString)
+		tb := New[string](Options{MaxKeys: 1})
 		res, _ := tb.Reserve("a", t0, 1, 2)
 		tb.Reserve("b", t0, 1, 2) // evicts a, takes its place
 		res.Cancel(t0)
@@ -522,7 +517,7 @@ func TestCancelAfterSlotReuse(t *testing.T) {
 		}
 	})
 	t.Run("new parameters", func(t *testing.T) {
-		tb := New(Options{}, hashString)
+		tb := New[string](Options{})
 		res, _ := tb.Reserve("a", t0, 1, 3)
 		tb.Reserve("a", t0, 2, 3)
 		res.Cancel(t0)
@@ -531,7 +526,7 @@ func TestCancelAfterSlotReuse(t *testing.T) {
 		}
 	})
 	t.Run("resized to other shards", func(t *testing.T) {
-		tb := New(Options{MaxKeys: 100}, hashString)
+		tb := New[string](Options{MaxKeys: 100})
 		res, _ := tb.Reserve("a", t0, 1, 3)
 		tb.Resize(10_000)
 		res.Cancel(t0)
@@ -540,7 +535,7 @@ func TestCancelAfterSlotReuse(t *testing.T) {
 		}
 	})
 	t.Run("shrunk, bucket kept in place", func(t *testing.T) {
-		tb := New(Options{MaxKeys: 64}, hashString) // one shard
+		tb := New[string](Options{MaxKeys: 64}) // one shard
 		res, _ := tb.Reserve("a", t0, 1, 3)
 		tb.Resize(63) // the bucket fits and stays where it is
 		res.Cancel(t0)
@@ -549,7 +544,7 @@ func TestCancelAfterSlotReuse(t *testing.T) {
 		}
 	})
 	t.Run("shrunk, buckets moved", func(t *testing.T) {
-		tb := New(Options{MaxKeys: 64}, hashString)
+		tb := New[string](Options{MaxKeys: 64})
 		for i := range 63 {
 			tb.Reserve(fmt.Sprint(i), t0, 1, 3)
 		}
@@ -570,7 +565,7 @@ func TestCancelAfterSlotReuse(t *testing.T) {
 // bucket would have reached its burst in between.
 func TestCancelAfterLaterUse(t *testing.T) {
 	ms := time.Millisecond
-	tb := New(Options{MaxKeys: 64}, hashString)
+	tb := New[string](Options{MaxKeys: 64})
 	tb.Reserve("k", t0, 1, 2)                              // 2 -> 1
 	res, _ := tb.Reserve("k", at(500*ms), 1, 2)            // 1.5 -> 0.5
 	if _, r := tb.Reserve("k", at(1300*ms), 1, 2); !r.OK { // 1.3 -> 0.3
@@ -597,23 +592,43 @@ func TestCancelAfterLaterUse(t *testing.T) {
 	}
 }
 
-// TestHashCollision guards against keys sharing a bucket: the hash only
-// picks the shard, and keys with the same hash keep their own buckets.
-func TestHashCollision(t *testing.T) {
-	tb := New(Options{}, func(string) uint64 { return 42 })
-	tb.Reserve("a", t0, 1, 2)
-	tb.Reserve("b", t0, 1, 2)
-	if _, r := tb.Reserve("a", t0, 1, 2); !r.OK {
-		t.Fatalf("second Reserve of a's bucket of 2: %+v, want OK", r)
+// TestDistinctKeys guards against keys sharing a bucket: keys of every
+// kind, in one shard and across shards, each get a bucket of their own.
+// (Two keys share one only if their digests agree in 58 bits; see "Keys"
+// in the package documentation.)
+func TestDistinctKeys(t *testing.T) {
+	const n = 50_000
+	var ks []key
+	for i := range n {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		ks = append(ks,
+			key{kind: 1, prefix: netip.PrefixFrom(a, 32)},
+			key{kind: 2, prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(i >> 16), byte(i >> 8), byte(i), 0}), 24)},
+			key{kind: 3, str: fmt.Sprint(i)},
+			key{kind: 3, str: a.String()},
+		)
 	}
-	if _, r := tb.Reserve("a", t0, 1, 2); r.OK {
-		t.Fatalf("third Reserve of a's bucket of 2: %+v, want refusal", r)
-	}
-	if got, _ := tb.Tokens("b", t0); got != 1 {
-		t.Fatalf("b holds %v tokens, want 1", got)
-	}
-	if n := tb.Len(); n != 2 {
-		t.Fatalf("Len = %d, want 2", n)
+	ks = append(ks, key{}) // the global key
+	// One shard, full; and 64 shards with room to spare (a shard may fill
+	// before the table does).
+	for _, maxKeys := range []int{minShardKeys, 2 * len(ks)} {
+		tb := New[key](Options{MaxKeys: maxKeys})
+		ks := ks[:min(maxKeys, len(ks))]
+		for i, k := range ks {
+			// A burst of one: a key that shared another's bucket would
+			// find it empty.
+			if _, r := tb.Reserve(k, t0, 1e-9, 1); !r.OK {
+				t.Fatalf("MaxKeys %d: key %d (%+v) refused: %+v", maxKeys, i, k, r)
+			}
+		}
+		if n, shards := tb.Len(), len(tb.set.Load().shards); n != len(ks) || maxKeys == minShardKeys && shards != 1 {
+			t.Fatalf("MaxKeys %d: Len = %d in %d shards, want %d", maxKeys, n, shards, len(ks))
+		}
+		for i, k := range ks {
+			if got, ok := tb.Tokens(k, t0); !ok || got != 0 {
+				t.Fatalf("MaxKeys %d: key %d holds %v, %v; want 0, true", maxKeys, i, got, ok)
+			}
+		}
 	}
 }
 
@@ -638,27 +653,13 @@ func TestShardCapacity(t *testing.T) {
 }
 
 // key mirrors the layout of the module's keys.Key (which this package must
-// not import), so that memory figures match what policy stores.
+// not import), so that the cost of its digest, and the baseline's memory,
+// match what policy stores.
 type key struct {
 	kind   uint8
 	prefix netip.Prefix
 	str    string
 }
-
-func (k key) hash() uint64 {
-	var h maphash.Hash
-	h.SetSeed(seed)
-	var buf [18]byte
-	buf[0] = k.kind
-	a := k.prefix.Addr().As16()
-	copy(buf[1:17], a[:])
-	buf[17] = byte(k.prefix.Bits())
-	h.Write(buf[:])
-	h.WriteString(k.str)
-	return h.Sum64()
-}
-
-func hashKey(k key) uint64 { return k.hash() }
 
 // ipKeys returns n distinct IPv4 keys.
 func ipKeys(n int) []key {
@@ -698,7 +699,7 @@ func BenchmarkReserve(b *testing.B) {
 		name    string
 		maxKeys int
 	}{{"", poolSize}, {"roomy/", 2 * poolSize}} {
-		tb := New(Options{MaxKeys: tc.maxKeys}, hashKey)
+		tb := New[key](Options{MaxKeys: tc.maxKeys})
 		for _, k := range pool {
 			tb.Reserve(k, t0, 1, math.MaxInt32)
 		}
@@ -750,7 +751,7 @@ func BenchmarkReserve(b *testing.B) {
 func BenchmarkReserveHot(b *testing.B) {
 	const hot = 1000
 	pool := ipKeys(hot)
-	tb := New(Options{MaxKeys: poolSize}, hashKey)
+	tb := New[key](Options{MaxKeys: poolSize})
 	for _, k := range pool {
 		tb.Reserve(k, t0, 1, math.MaxInt32)
 	}
@@ -766,7 +767,7 @@ func BenchmarkReserveHot(b *testing.B) {
 // cancel.
 func BenchmarkReserveDenied(b *testing.B) {
 	pool := ipKeys(poolSize)
-	tb := New(Options{MaxKeys: 2 * poolSize}, hashKey)
+	tb := New[key](Options{MaxKeys: 2 * poolSize})
 	for _, k := range pool {
 		tb.Reserve(k, t0, 1, 1)
 	}
@@ -794,7 +795,7 @@ func BenchmarkReserveMiss(b *testing.B) {
 		{"refuse", true, 0},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			tb := New(Options{MaxKeys: poolSize, RefuseWhenFull: tc.refuse}, mix)
+			tb := New[uint64](Options{MaxKeys: poolSize, RefuseWhenFull: tc.refuse})
 			for i := range uint64(poolSize) {
 				tb.Reserve(i, t0, 1, 1)
 			}
@@ -849,7 +850,7 @@ func BenchmarkBucketVsBaseline(b *testing.B) {
 	idx := order(1 << 20)
 	const mask = 1<<20 - 1
 	const limit, burst = 1, math.MaxInt32
-	tb := New(Options{MaxKeys: poolSize}, hashKey)
+	tb := New[key](Options{MaxKeys: poolSize})
 	base := &baseline{m: make(map[key]*rate.Limiter)}
 	for _, k := range pool {
 		tb.Reserve(k, t0, limit, burst)
@@ -895,39 +896,40 @@ func BenchmarkBucketVsBaseline(b *testing.B) {
 	}
 }
 
-// BenchmarkMemoryPerKey reports the heap held per bucket after a million
-// keys went into a table of MaxKeys 1,000,000 (about 0.4% of them do not
-// fit their shard's share; the figure is per bucket held), and the same for
-// the baseline's map of rate.Limiters.
+// BenchmarkMemoryPerKey reports the heap held per bucket after n keys went
+// into a table of MaxKeys n, for 100,000 and 1,000,000 (about 1% and 0.4%
+// of the keys do not fit their shard's share; the figure is per bucket
+// held), and the same for the baseline's map of rate.Limiters.
 func BenchmarkMemoryPerKey(b *testing.B) {
-	const n = 1_000_000
-	pool := ipKeys(n)
-	b.Run("ours", func(b *testing.B) {
-		var perKey float64
-		for b.Loop() {
-			before := heapAlloc()
-			tb := New(Options{MaxKeys: n}, hashKey)
-			for _, k := range pool {
-				tb.Reserve(k, t0, 1, 5)
+	for _, n := range []int{100_000, 1_000_000} {
+		pool := ipKeys(n)
+		b.Run(fmt.Sprintf("ours/keys=%d", n), func(b *testing.B) {
+			var perKey float64
+			for b.Loop() {
+				before := heapAlloc()
+				tb := New[key](Options{MaxKeys: n})
+				for _, k := range pool {
+					tb.Reserve(k, t0, 1, 5)
+				}
+				after := heapAlloc()
+				perKey = float64(after-before) / float64(tb.Len())
+				runtime.KeepAlive(tb)
 			}
-			after := heapAlloc()
-			perKey = float64(after-before) / float64(tb.Len())
-			runtime.KeepAlive(tb)
-		}
-		b.ReportMetric(perKey, "B/key")
-	})
-	b.Run("baseline", func(b *testing.B) {
-		var perKey float64
-		for b.Loop() {
-			before := heapAlloc()
-			base := &baseline{m: make(map[key]*rate.Limiter)}
-			for _, k := range pool {
-				base.reserve(k, t0, 1, 5)
+			b.ReportMetric(perKey, "B/key")
+		})
+		b.Run(fmt.Sprintf("baseline/keys=%d", n), func(b *testing.B) {
+			var perKey float64
+			for b.Loop() {
+				before := heapAlloc()
+				base := &baseline{m: make(map[key]*rate.Limiter)}
+				for _, k := range pool {
+					base.reserve(k, t0, 1, 5)
+				}
+				after := heapAlloc()
+				perKey = float64(after-before) / float64(len(base.m))
+				runtime.KeepAlive(base)
 			}
-			after := heapAlloc()
-			perKey = float64(after-before) / float64(len(base.m))
-			runtime.KeepAlive(base)
-		}
-		b.ReportMetric(perKey, "B/key")
-	})
+			b.ReportMetric(perKey, "B/key")
+		})
+	}
 }

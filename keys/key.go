@@ -73,8 +73,8 @@ func (k Key) String() string {
 	}
 }
 
-// Hash returns a hash of k under seed, for sharding and for identifying
-// token buckets. Keys that differ in kind, address, prefix length or string
+// Hash returns a hash of k under seed, for sharding connection counters.
+// Keys that differ in kind, address, prefix length or string
 // hash differently (up to 64-bit collisions). It does not allocate.
 func (k Key) Hash(seed maphash.Seed) uint64 {
 	var buf [18]byte

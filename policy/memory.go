@@ -115,7 +115,7 @@ func (s *MemoryStore) table(r *memRule, c *Claim) *buckets.Table[keys.Key] {
 	t := r.buckets.Load()
 	switch {
 	case t == nil:
-		t = buckets.New(buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull}, s.hash)
+		t = buckets.New[keys.Key](buckets.Options{MaxKeys: int(want), RefuseWhenFull: c.RefuseWhenFull})
 		r.buckets.Store(t)
 	case r.maxKeys.Load() != want:
 		t.Resize(int(want))
