@@ -121,8 +121,16 @@ func TestRecoveryNeverExceedsCap(t *testing.T) {
 				wg.Wait()
 				t.Logf("%s, on_error %s: at most %d live (cap %d), %d over; stats %+v / %+v", fault, mode,
 					f.maxObs.Load(), f.capN, f.over.Load(), f.stores[0].Snapshot(), f.stores[1].Snapshot())
-				if n := f.over.Load(); n > 0 {
-					t.Fatalf("%d admissions found more than %d connections live (at most %d)", n, f.capN, f.maxObs.Load())
+				// Bound: deny never goes over the cap. local during the
+				// outage admits by shares, ceil(cap/N) per instance, which
+				// docs/operations-redis.md bounds by cap + N - 1 (rounding);
+				// one loaded run in 20 of the freeze case sampled 21 of 20.
+				bound := int64(f.capN)
+				if mode == FailLocal {
+					bound += int64(len(f.stores)) - 1
+				}
+				if m := f.maxObs.Load(); int64(m) > bound {
+					t.Fatalf("%d admissions found more than %d connections live (at most %d; bound %d)", f.over.Load(), f.capN, m, bound)
 				}
 				// Redis counts every live connection again. A release that
 				// raced a sync is sent with the next one: poll (the
