@@ -793,16 +793,7 @@ func (s *Store) acquire(ctx context.Context) bool {
 		return true
 	default:
 	}
-	t := time.NewTimer(s.timeout)
-	defer t.Stop()
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	s.byKind[kindOverload].Add(1)
-	return false
+	return s.acquireFor(ctx, s.timeout)
 }
 
 func (s *Store) releaseSlot() { <-s.slots }
