@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,7 @@ const (
 	defaultCapRetryAfter   = time.Second
 	defaultMaxClosing      = 256
 	defaultMaxClosingPerIP = 16
+	defaultLeaseTTL        = 30 * time.Second // redisstore.DefaultLeaseTTL
 	maxRules               = 32
 )
 
@@ -56,7 +58,9 @@ func (e *Error) Error() string {
 	}
 	b.WriteString(e.Msg)
 	if e.Err != nil {
-		b.WriteString(": ")
+		if e.Msg != "" {
+			b.WriteString(": ")
+		}
 		b.WriteString(e.Err.Error())
 	}
 	return b.String()
@@ -151,7 +155,11 @@ func (v *validator) wrap(path, msg string, err error) {
 func New(cfg Config) (*Policy, error) {
 	v := &validator{}
 	p := &Policy{cfg: cfg}
-	if cfg.Version != 1 {
+	switch cfg.Version {
+	case 1:
+	case 0:
+		v.add("version", "required: start the policy with version: 1")
+	default:
 		v.add("version", "must be 1 (got %d)", cfg.Version)
 	}
 	p.clientIP = compileClientIP(v, cfg.ClientIP)
@@ -193,7 +201,7 @@ func compileIdentity(v *validator, ic IdentityConfig) *identity.JWT {
 	if ic.JWT != nil {
 		var err error
 		if j, err = identity.NewJWT(*ic.JWT); err != nil {
-			v.wrap("identity.jwt", "invalid", err)
+			v.wrap(jwtErrorPath(err), "", err)
 		}
 	}
 	if s := ic.Session; s != nil {
@@ -205,6 +213,26 @@ func compileIdentity(v *validator, ic IdentityConfig) *identity.JWT {
 		}
 	}
 	return j
+}
+
+// jwtErrorPath is the path of the identity.jwt field an identity error
+// names ("identity: leeway ...", "identity: from[1]: ..."), so that the
+// error points at that field's line; identity.jwt when it names none.
+func jwtErrorPath(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "identity: ")
+	end := strings.IndexAny(msg, ": ")
+	if end < 0 {
+		return "identity.jwt"
+	}
+	field := msg[:end]
+	name, _, _ := strings.Cut(field, "[")
+	t := reflect.TypeFor[identity.JWTConfig]()
+	for i := range t.NumField() {
+		if tagName(t.Field(i)) == name {
+			return "identity.jwt." + field
+		}
+	}
+	return "identity.jwt"
 }
 
 // stateDefaults are what the state section gives every rule.
@@ -231,6 +259,9 @@ func compileState(v *validator, sc StateConfig) stateDefaults {
 	}
 	switch sc.Store {
 	case "", "memory":
+		if !reflect.ValueOf(sc.Redis).IsZero() {
+			v.add("state.redis", "has no effect without state.store: redis")
+		}
 	case "redis":
 		sc.Redis.validate(v)
 	default:
@@ -247,6 +278,16 @@ func compileReject(v *validator, rc RejectConfig) RejectConfig {
 	case "status", "close", "auto":
 	default:
 		v.add("reject.mode", "must be status, close or auto (got %q)", rc.Mode)
+	}
+	if rc.Mode == "status" {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{{"max_closing", rc.MaxClosing != 0}, {"max_closing_per_ip", rc.MaxClosingPerIP != 0}} {
+			if f.set {
+				v.add("reject."+f.name, "has no effect with reject.mode status: it bounds the refusals being closed in close and auto modes")
+			}
+		}
 	}
 	rc.MaxClosing = positive(v, "reject.max_closing", rc.MaxClosing, defaultMaxClosing)
 	rc.MaxClosingPerIP = positive(v, "reject.max_closing_per_ip", rc.MaxClosingPerIP, defaultMaxClosingPerIP)
@@ -338,6 +379,8 @@ func compileRule(v *validator, path string, rc RuleConfig, ic IdentityConfig, de
 		v.add(path+".max_keys", "must not be negative (got %d)", rc.MaxKeys)
 	case rc.MaxKeys == 0:
 		r.claim.MaxKeys = defaults.maxKeys
+	case rc.Rate == "":
+		v.add(path+".max_keys", "has no effect without a rate: max_keys bounds the rule's token buckets")
 	}
 	if rc.Tiers != nil {
 		r.tierClaim, r.tiers = compileTiers(v, path+".tiers", r.claim, rc.Tiers, ic)
@@ -385,8 +428,11 @@ func ruleKey(v *validator, path, k string, ic IdentityConfig) (keyKind, string) 
 // rulePrefixes returns the prefix lengths of a subnet rule's keys.
 func rulePrefixes(v *validator, path string, rc RuleConfig, kind keyKind) (v4, v6 int) {
 	if kind != keySubnet {
-		if rc.IPv4Prefix != 0 || rc.IPv6Prefix != 0 {
-			v.add(path+".ipv4_prefix", "prefix lengths apply only to key: subnet")
+		if rc.IPv4Prefix != 0 {
+			v.add(path+".ipv4_prefix", "prefix lengths apply only to key: subnet (this rule's key is %q)", rc.Key)
+		}
+		if rc.IPv6Prefix != 0 {
+			v.add(path+".ipv6_prefix", "prefix lengths apply only to key: subnet (this rule's key is %q)", rc.Key)
 		}
 		return rc.IPv4Prefix, rc.IPv6Prefix
 	}
@@ -535,11 +581,20 @@ func (rc RedisConfig) validate(v *validator) {
 	default:
 		v.add("state.redis.on_error", "must be local, allow or deny (got %q)", rc.OnError)
 	}
-	if rc.LeaseTTL < 0 {
-		v.add("state.redis.lease_ttl", "must not be negative")
+	ttl := positive(v, "state.redis.lease_ttl", rc.LeaseTTL, defaultLeaseTTL)
+	if ttl > 0 && ttl < time.Millisecond {
+		v.add("state.redis.lease_ttl", "must be at least 1ms (got %v)", ttl)
 	}
-	if rc.Timeout < 0 {
-		v.add("state.redis.timeout", "must not be negative")
+	positive(v, "state.redis.timeout", rc.Timeout, 0)
+	positive(v, "state.redis.breaker_failures", rc.BreakerFailures, 0)
+	positive(v, "state.redis.breaker_cooldown", rc.BreakerCooldown, 0)
+	refresh := positive(v, "state.redis.refresh_interval", rc.RefreshInterval, 0)
+	if refresh > 0 && ttl > 0 && refresh >= ttl {
+		which := "lease_ttl"
+		if rc.LeaseTTL == 0 {
+			which = "the default lease_ttl"
+		}
+		v.add("state.redis.refresh_interval", "must be below %s %v (got %v): a lease must be renewed before it expires", which, ttl, refresh)
 	}
 }
 

@@ -31,32 +31,85 @@ func LoadFile(path string) (*Policy, error) {
 }
 
 // Parse decodes, validates and compiles a policy document. filename is used
-// only in error messages.
+// only in error messages. Every problem of the document is reported, in
+// the order of its position; several are joined with errors.Join, so that
+// errors.As finds the first *Error and the Unwrap() []error method of the
+// result lists them all.
 func Parse(data []byte, filename string) (*Policy, error) {
-	cfg, pos, err := decodeYAML(data, filename)
+	cfg, d, err := decodeYAML(data, filename)
 	if err != nil {
 		return nil, err
 	}
 	p, err := New(*cfg)
-	if err != nil {
-		return nil, locate(err, filename, pos)
+	if err == nil && len(d.errs) == 0 {
+		return p, nil
 	}
-	return p, nil
+	errs := d.errs
+	if err != nil {
+		for _, e := range locate(err, filename, d.pos) {
+			if !d.explains(e) {
+				errs = append(errs, e)
+			}
+		}
+	}
+	sort.SliceStable(errs, func(i, j int) bool { return before(errs[i], errs[j]) })
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, errors.Join(errs...)
+}
+
+// before orders located errors by line, then column.
+func before(a, b error) bool {
+	var pa, pb *Error
+	if !errors.As(a, &pa) || !errors.As(b, &pb) {
+		return false
+	}
+	if pa.Line != pb.Line {
+		return pa.Line < pb.Line
+	}
+	return pa.Column < pb.Column
+}
+
+// explains reports whether a validation error follows from a problem the
+// decoder already reported: it is about the same field, one inside it, or
+// one that holds it (a rule whose only limit was misspelt "limits
+// nothing"). Reporting it too would only repeat the decoder's error.
+func (d *decoder) explains(err error) bool {
+	var pe *Error
+	if !errors.As(err, &pe) || pe.Path == "" {
+		return false
+	}
+	for _, de := range d.errs {
+		var q *Error
+		if errors.As(de, &q) && q.Path != "" && (within(pe.Path, q.Path) || within(q.Path, pe.Path)) {
+			return true
+		}
+	}
+	return false
+}
+
+// within reports whether path is outer or a field inside it.
+func within(path, outer string) bool {
+	if !strings.HasPrefix(path, outer) {
+		return false
+	}
+	rest := path[len(outer):]
+	return rest == "" || rest[0] == '.' || rest[0] == '['
 }
 
 type position struct{ line, col int }
 
-func decodeYAML(data []byte, filename string) (*Config, map[string]position, error) {
+// decodeYAML parses data and decodes it into a Config. The error is a
+// problem that stops decoding (syntax); the problems of single fields are
+// left in the decoder's errs, so that validation still reports the others.
+func decodeYAML(data []byte, filename string) (*Config, *decoder, error) {
 	if len(data) > maxPolicyBytes {
 		return nil, nil, &Error{File: filename, Line: 1, Column: 1, Msg: fmt.Sprintf("file is larger than %d bytes", maxPolicyBytes)}
 	}
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
-		var se *yaml.SyntaxError
-		if errors.As(err, &se) && se.Token != nil {
-			return nil, nil, &Error{File: filename, Line: se.Token.Position.Line, Column: se.Token.Position.Column, Msg: "YAML syntax: " + se.Message}
-		}
-		return nil, nil, &Error{File: filename, Line: 1, Column: 1, Msg: "YAML syntax: " + err.Error()}
+		return nil, nil, syntaxError(data, filename, err)
 	}
 	var body ast.Node
 	for _, d := range f.Docs {
@@ -75,16 +128,43 @@ func decodeYAML(data []byte, filename string) (*Config, map[string]position, err
 	d := &decoder{file: filename, pos: map[string]position{}, anchors: map[string]ast.Node{}}
 	cfg := new(Config)
 	d.decode(body, reflect.ValueOf(cfg).Elem(), "", 0)
-	if len(d.errs) > 0 {
-		return nil, nil, errors.Join(d.errs...)
+	return cfg, d, nil
+}
+
+// syntaxError locates a YAML syntax error and says how to fix the common
+// ones: a tab in the indentation, and a line indented deeper than the keys
+// above it (the parser reads it as the continuation of the previous value,
+// and points at that value, on the line before).
+func syntaxError(data []byte, filename string, err error) error {
+	for i, line := range strings.Split(string(data), "\n") {
+		indent := line[:len(line)-len(strings.TrimLeft(line, " \t"))]
+		if tab := strings.IndexByte(indent, '\t'); tab >= 0 {
+			return &Error{File: filename, Line: i + 1, Column: tab + 1, Msg: "YAML syntax: a tab in the indentation: indent with spaces"}
+		}
 	}
-	return cfg, d.pos, nil
+	var se *yaml.SyntaxError
+	if !errors.As(err, &se) || se.Token == nil {
+		return &Error{File: filename, Line: 1, Column: 1, Msg: "YAML syntax: " + err.Error()}
+	}
+	tk := se.Token
+	e := &Error{File: filename, Line: tk.Position.Line, Column: tk.Position.Column, Msg: "YAML syntax: " + se.Message}
+	switch {
+	case strings.Contains(strings.TrimSpace(tk.Origin), "\n") && tk.Next != nil && tk.Next.Value == ":":
+		// "key: a\n      other: b": "a other" became one value; the
+		// problem is the deeper line that holds the next ":".
+		e.Line = tk.Next.Position.Line
+		e.Column = tk.Next.Position.IndentNum + 1
+		e.Msg = "YAML syntax: this line is indented deeper than the key above it; keys of one mapping start in the same column"
+	case se.Message == "value is not allowed in this context":
+		e.Msg += " (is the line indented less than the keys above it?)"
+	}
+	return e
 }
 
 // locate fills in file, line and column of the validation errors in err
 // from the positions recorded while decoding: the position of the error's
 // path, or of its nearest recorded parent.
-func locate(err error, filename string, pos map[string]position) error {
+func locate(err error, filename string, pos map[string]position) []error {
 	var errs []error
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
 		errs = j.Unwrap()
@@ -112,10 +192,7 @@ func locate(err error, filename string, pos map[string]position) error {
 		}
 		out = append(out, &c)
 	}
-	if len(out) == 1 {
-		return out[0]
-	}
-	return errors.Join(out...)
+	return out
 }
 
 // parentPath returns "rules[1]" for "rules[1].rate", "rules" for

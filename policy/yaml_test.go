@@ -209,7 +209,7 @@ func TestParseRate(t *testing.T) {
 
 func TestIdentityPolicyErrors(t *testing.T) {
 	tests := []struct{ name, doc, want string }{
-		{"alg none", "version: 1\nidentity:\n  jwt:\n    algorithms: [none]\n    secret_env: X\nrules:\n  - {name: u, key: jwt, connections: 1}\n", `4:5: identity.jwt: invalid: identity: algorithms[0]: "none" is never allowed`},
+		{"alg none", "version: 1\nidentity:\n  jwt:\n    algorithms: [none]\n    secret_env: X\nrules:\n  - {name: u, key: jwt, connections: 1}\n", `4:18: identity.jwt.algorithms[0]: identity: algorithms[0]: "none" is never allowed`},
 		{"jwt key without identity", "version: 1\nrules:\n  - name: u\n    key: jwt\n    connections: 1\n", `4:10: rules[0].key: key "jwt" needs identity.jwt`},
 		{"tiers without jwt", "version: 1\nrules:\n  - name: u\n    key: ip\n    connections: 1\n    tiers: {claim: plan, values: {pro: {connections: 5}}}\n", `6:13: rules[0].tiers: tiers need identity.jwt`},
 		{"cookie without name", "version: 1\nrules:\n  - {name: s, key: cookie, connections: 1}\n", `key cookie needs a name`},
@@ -220,6 +220,88 @@ func TestIdentityPolicyErrors(t *testing.T) {
 			_, err := Parse([]byte(tt.doc), "p.yaml")
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error = %v\nwant it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestParseErrorPositions guards the exact position and wording of every
+// problem of a file: each at its own field, all of them at once, sorted by
+// position, including the state.redis settings that a store would
+// otherwise refuse only when it is built, without a position.
+func TestParseErrorPositions(t *testing.T) {
+	const rule = "rules:\n  - {name: a, key: ip, connections: 1}\n"
+	t.Setenv("WSLIMIT_TEST_SECRET", strings.Repeat("s", 32))
+	const redis = "version: 1\n" + rule + "state:\n  store: redis\n  redis:\n    addrs: [127.0.0.1:6379]\n"
+	tests := []struct {
+		name string
+		doc  string
+		want []string // every line of the error, in order
+	}{
+		{"tab in indentation", "version: 1\nrules:\n\t- {name: a, key: ip, connections: 1}\n",
+			[]string{"p.yaml:3:1: YAML syntax: a tab in the indentation: indent with spaces"}},
+		{"tab after spaces", "version: 1\nrules:\n  - name: a\n  \tkey: ip\n",
+			[]string{"p.yaml:4:3: YAML syntax: a tab in the indentation: indent with spaces"}},
+		{"missing version", rule,
+			[]string{"p.yaml:1:1: version: required: start the policy with version: 1"}},
+		{"line indented too deep", "version: 1\nrules:\n  - name: a\n    key: ip\n      connections: 1\n",
+			[]string{"p.yaml:5:7: YAML syntax: this line is indented deeper than the key above it; keys of one mapping start in the same column"}},
+		{"line indented too little", "version: 1\nrules:\n  - name: a\n    key: ip\n   connections: 1\n",
+			[]string{"p.yaml:5:4: YAML syntax: value is not allowed in this context (is the line indented less than the keys above it?)"}},
+		{"ipv6_prefix on an ip rule", "version: 1\nrules:\n  - name: a\n    key: ip\n    ipv6_prefix: 56\n    connections: 1\n",
+			[]string{`p.yaml:5:18: rules[0].ipv6_prefix: prefix lengths apply only to key: subnet (this rule's key is "ip")`}},
+		{"both prefixes on a global rule", "version: 1\nrules:\n  - name: a\n    key: global\n    ipv4_prefix: 16\n    ipv6_prefix: 48\n    connections: 1\n",
+			[]string{
+				`p.yaml:5:18: rules[0].ipv4_prefix: prefix lengths apply only to key: subnet (this rule's key is "global")`,
+				`p.yaml:6:18: rules[0].ipv6_prefix: prefix lengths apply only to key: subnet (this rule's key is "global")`,
+			}},
+		{"refresh_interval not below lease_ttl", redis + "    lease_ttl: 3s\n    refresh_interval: 3s\n",
+			[]string{"p.yaml:9:23: state.redis.refresh_interval: must be below lease_ttl 3s (got 3s): a lease must be renewed before it expires"}},
+		{"refresh_interval not below the default lease_ttl", redis + "    refresh_interval: 1m\n",
+			[]string{"p.yaml:8:23: state.redis.refresh_interval: must be below the default lease_ttl 30s (got 1m0s): a lease must be renewed before it expires"}},
+		{"negative breaker settings", redis + "    breaker_failures: -1\n    breaker_cooldown: -2s\n    timeout: -1ms\n",
+			[]string{
+				"p.yaml:8:23: state.redis.breaker_failures: must not be negative",
+				"p.yaml:9:23: state.redis.breaker_cooldown: must not be negative",
+				"p.yaml:10:14: state.redis.timeout: must not be negative",
+			}},
+		{"lease_ttl under 1ms", redis + "    lease_ttl: 500us\n",
+			[]string{"p.yaml:8:16: state.redis.lease_ttl: must be at least 1ms (got 500µs)"}},
+		{"redis without store redis", "version: 1\n" + rule + "state:\n  redis:\n    addrs: [127.0.0.1:6379]\n",
+			[]string{"p.yaml:6:5: state.redis: has no effect without state.store: redis"}},
+		{"max_closing in status mode", "version: 1\n" + rule + "reject:\n  max_closing_per_ip: 8\n",
+			[]string{"p.yaml:5:23: reject.max_closing_per_ip: has no effect with reject.mode status: it bounds the refusals being closed in close and auto modes"}},
+		{"max_keys without a rate", "version: 1\nrules:\n  - name: a\n    key: ip\n    connections: 1\n    max_keys: 10\n",
+			[]string{"p.yaml:6:15: rules[0].max_keys: has no effect without a rate: max_keys bounds the rule's token buckets"}},
+		{"jwt secret at its own line", "version: 1\nidentity:\n  jwt:\n    algorithms: [HS256]\n    secret_env: WSLIMIT_TEST_UNSET_SECRET\nrules:\n  - {name: u, key: jwt, connections: 1}\n",
+			[]string{"p.yaml:5:17: identity.jwt.secret_env: identity: secret_env WSLIMIT_TEST_UNSET_SECRET: environment variable is not set or empty"}},
+		{"jwt leeway at its own line", "version: 1\nidentity:\n  jwt:\n    algorithms: [HS256]\n    secret_env: WSLIMIT_TEST_SECRET\n    leeway: -1s\nrules:\n  - {name: u, key: jwt, connections: 1}\n",
+			[]string{"p.yaml:6:13: identity.jwt.leeway: identity: leeway -1s must not be negative"}},
+		{"jwt source at its own line", "version: 1\nidentity:\n  jwt:\n    algorithms: [HS256]\n    secret_env: WSLIMIT_TEST_SECRET\n    from: [header:Authorization, carrier-pigeon]\nrules:\n  - {name: u, key: jwt, connections: 1}\n",
+			[]string{`p.yaml:6:34: identity.jwt.from[1]: identity: from[1]: unknown source "carrier-pigeon": want header:NAME, query:NAME, cookie:NAME or subprotocol[:PREFIX]`}},
+		{"unknown field hides nothing, sorted", "rules:\n  - name: a\n    key: ip\n    rate: fast\n    conections: 5\nmode: enforcing\nsate: {}\n",
+			[]string{
+				`p.yaml:1:1: version: required: start the policy with version: 1`,
+				`p.yaml:4:11: rules[0].rate: rate "fast": want COUNT/PERIOD such as 10/s, 100/m, 5/h or 3/10s`,
+				`p.yaml:5:5: rules[0].conections: unknown field "conections" (known: burst, connections, ipv4_prefix, ipv6_prefix, key, max_keys, name, on_missing, rate, tiers)`,
+				`p.yaml:6:7: mode: must be enforce or dry_run (got "enforcing")`,
+				`p.yaml:7:1: sate: unknown field "sate" (known: client_ip, exempt, identity, listener, mode, reject, rules, state, version)`,
+			}},
+		{"a misspelt only limit is one problem", "version: 1\nrules:\n  - name: a\n    key: ip\n    conections: 5\n",
+			[]string{`p.yaml:5:5: rules[0].conections: unknown field "conections" (known: burst, connections, ipv4_prefix, ipv6_prefix, key, max_keys, name, on_missing, rate, tiers)`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc), "p.yaml")
+			if err == nil {
+				t.Fatalf("Parse succeeded, want %q", tt.want)
+			}
+			if got, want := err.Error(), strings.Join(tt.want, "\n"); got != want {
+				t.Errorf("error =\n%s\nwant\n%s", got, want)
+			}
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Line == 0 {
+				t.Errorf("error is not a located *Error: %#v", err)
 			}
 		})
 	}
