@@ -1,9 +1,14 @@
 package ws
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
+	"reflect"
+	"sort"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/wslimit/wslimit/policy"
 )
@@ -21,8 +26,10 @@ type Inspection struct {
 	Closing int `json:"closing"`
 	// Rules describes each rule of the live policy with its state.
 	Rules []RuleInspection `json:"rules"`
-	// Policy is the live policy's configuration.
-	Policy policy.Config `json:"policy"`
+	// Policy is the live policy's configuration. InspectHandler serves it
+	// as written in a policy file (see writtenConfig), not in the Go
+	// encoding of Config, whose durations are integers of nanoseconds.
+	Policy policy.Config `json:"-"`
 }
 
 // RuleInspection is one rule's limits and state.
@@ -100,8 +107,94 @@ func (g *Guard) InspectHandler() http.Handler {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
+		in := g.Inspect(top)
+		doc := struct {
+			Inspection
+			Policy any `json:"policy"`
+		}{in, writtenConfig(reflect.ValueOf(in.Policy))}
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(g.Inspect(top))
+		_ = enc.Encode(doc)
 	})
+}
+
+// field is one member of a JSON object; object keeps its members in the
+// order of the Go struct, which is the order of docs/policy.md.
+type field struct {
+	name  string
+	value any
+}
+
+type object []field
+
+func (o object) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, f := range o {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(f.name)
+		v, err := json.Marshal(f.value)
+		if err != nil {
+			return nil, err
+		}
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// writtenConfig renders a configuration value as a policy file would
+// write it: fields by their yaml names, durations as strings ("30s"), and
+// nothing for a field left at its zero value (its default), so that no
+// empty object or list appears. It returns nil for a zero value.
+func writtenConfig(v reflect.Value) any {
+	for v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface {
+		if v.IsNil() {
+			return nil
+		}
+		v = v.Elem()
+	}
+	if v.IsZero() || v.Kind() == reflect.Func {
+		return nil
+	}
+	switch {
+	case v.Type() == durationType:
+		return time.Duration(v.Int()).String()
+	case v.Kind() == reflect.Struct:
+		var o object
+		for i := range v.NumField() {
+			name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			if fv := writtenConfig(v.Field(i)); fv != nil {
+				o = append(o, field{name, fv})
+			}
+		}
+		if len(o) == 0 {
+			return nil
+		}
+		return o
+	case v.Kind() == reflect.Slice:
+		out := make([]any, v.Len())
+		for i := range out {
+			out[i] = writtenConfig(v.Index(i))
+		}
+		return out
+	case v.Kind() == reflect.Map:
+		keys := v.MapKeys()
+		sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+		o := make(object, 0, len(keys))
+		for _, k := range keys {
+			o = append(o, field{k.String(), writtenConfig(v.MapIndex(k))})
+		}
+		return o
+	}
+	return v.Interface()
 }

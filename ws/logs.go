@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/policy"
 )
 
@@ -66,12 +65,14 @@ func (l *rejectLog) Suppressed() uint64 {
 	return l.suppressed
 }
 
+// keyString is the refused key as logged; "" when the refusal has none (a
+// missing identity, a store error), which must not read as key=global.
 func (l *rejectLog) keyString(d *policy.Decision) string {
-	var k keys.Key
-	if c, ok := d.RefusedClaim(); ok {
-		k = c.Key
+	c, ok := d.RefusedClaim()
+	if !ok || d.Reason == policy.ReasonMissing {
+		return ""
 	}
-	s := k.String()
+	s := c.Key.String()
 	if !l.hashKey || d.Rule == "" {
 		return s
 	}
@@ -91,10 +92,13 @@ func (l *rejectLog) write(r *http.Request, d *policy.Decision) {
 	attrs := []slog.Attr{
 		slog.String("rule", d.Rule),
 		slog.String("reason", d.Reason.String()),
-		slog.String("key", l.keyString(d)),
-		slog.Duration("retry_after", d.RetryAfter),
-		slog.Bool("invalid_token", d.InvalidToken),
 	}
+	if k := l.keyString(d); k != "" {
+		attrs = append(attrs, slog.String("key", k))
+	}
+	attrs = append(attrs,
+		slog.Duration("retry_after", d.RetryAfter),
+		slog.Bool("invalid_token", d.InvalidToken))
 	if !l.hashKey {
 		attrs = append(attrs, slog.String("client_ip", d.ClientIP.String()))
 	}

@@ -91,3 +91,24 @@ func TestRejectLogHashesKeys(t *testing.T) {
 		t.Errorf("no hashed key in %s", out)
 	}
 }
+
+// TestRejectLogMissingIdentity: a refusal for a missing identity has no
+// key, and its line must not say key=global (the zero key's name).
+func TestRejectLogMissingIdentity(t *testing.T) {
+	var buf lockedBuffer
+	l := newRejectLog(slog.New(slog.NewTextHandler(&buf, nil)), newClock().Now, 10, 10, false)
+	p, err := policy.Parse([]byte("version: 1\nrules:\n  - {name: per-user, key: \"header:X-User\", on_missing: reject, connections: 1}\n"), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := policy.NewLimiter(p, policy.Options{})
+	d := lim.Admit(context.Background(), &http.Request{RemoteAddr: "192.0.2.7:1000", Header: http.Header{}})
+	if d.Allowed || d.Reason != policy.ReasonMissing {
+		t.Fatalf("decision = %+v, want a missing_identity refusal", d)
+	}
+	l.write(&http.Request{}, d)
+	out := buf.String()
+	if strings.Contains(out, "key=") || !strings.Contains(out, "reason=missing_identity") || !strings.Contains(out, "rule=per-user") {
+		t.Errorf("line = %q, want rule and reason and no key", out)
+	}
+}
