@@ -70,7 +70,13 @@ func main() {
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := run(*addr, log); err != nil {
-		log.Error("server failed", "error", err)
+		problems := []error{err} // a policy's problems: one line each
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			problems = j.Unwrap()
+		}
+		for _, e := range problems {
+			log.Error("server failed", "error", e)
+		}
 		os.Exit(1)
 	}
 }

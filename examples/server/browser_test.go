@@ -60,7 +60,7 @@ func TestBrowserDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	srv := httptest.NewServer(newMux(g))
+	srv := httptest.NewServer(newMux(g, reg))
 	defer srv.Close()
 
 	// The flags the machine notes ask for: a headless browser that never
@@ -151,8 +151,11 @@ func TestBrowserDemo(t *testing.T) {
 	waitFor(t, bctx, time.Minute, "the per-ip counters at 5 live, 1 tracked key", func() (bool, string) {
 		c = readCounters(t, bctx)
 		return c.PerIPLive == "5" && c.PerIPTracked == "1" && c.PerIPText == "5 / 5" &&
-			c.Admitted == "5" && c.Rejected == "5" && c.Open == "5", fmt.Sprintf("%+v", c)
+			c.Admitted == "5" && c.Rejected == "5" && c.Open == "5" && c.PerIPRefused == "connections: 5", fmt.Sprintf("%+v", c)
 	})
+	if want := "The running policy allows 5 connections per address (rule per-ip): “Open 10” gets 5 admitted and 5 rejected."; c.Summary != want {
+		t.Errorf("summary = %q, want %q", c.Summary, want)
+	}
 	t.Logf("page counters: %+v", c)
 	if got := publicStats(g).Rules[0]; got.Name != "per-ip" || got.Live != 5 || got.TrackedKeys != 1 {
 		t.Errorf("server per-ip: %+v", got)
@@ -200,6 +203,21 @@ func TestBrowserDemo(t *testing.T) {
 		}
 	}
 
+	// The page's limits come from the running policy: a reload to a cap
+	// of 3 per address changes its text at the next poll.
+	np, err := policy.Parse(bytes.Replace(defaultPolicy, []byte("connections: 5 "), []byte("connections: 3 "), 1), "policy-3.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := np.Rules()[0].Conns; got != 3 {
+		t.Fatalf("edited policy: per-ip cap %d, want 3", got)
+	}
+	g.SetPolicy(np)
+	waitFor(t, bctx, time.Minute, "the page's summary of the reloaded policy", func() (bool, string) {
+		c = readCounters(t, bctx)
+		return strings.Contains(c.Summary, "allows 3 connections per address") && strings.Contains(c.Summary, "gets 3 admitted and 7 rejected"), c.Summary
+	})
+
 	stop()
 	t.Logf("browser test took %v", time.Since(began).Round(time.Millisecond))
 }
@@ -236,6 +254,8 @@ type pageCounters struct {
 	PerIPText    string `json:"perIPText"`
 	PerIPLive    string `json:"perIPLive"`
 	PerIPTracked string `json:"perIPTracked"`
+	PerIPRefused string `json:"perIPRefused"`
+	Summary      string `json:"summary"`
 }
 
 func readCounters(t *testing.T, ctx context.Context) pageCounters {
@@ -248,6 +268,8 @@ func readCounters(t *testing.T, ctx context.Context) pageCounters {
 			perIPText: rule ? rule.querySelector(".live").textContent.trim() : "",
 			perIPLive: rule ? rule.dataset.live : "",
 			perIPTracked: rule ? rule.querySelector(".tracked").textContent : "",
+			perIPRefused: rule ? rule.querySelector(".refused").textContent : "",
+			summary: text("policySummary"),
 		};
 	})()`))
 	if err != nil {

@@ -54,7 +54,15 @@ func main() {
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := run(*addr, *admin, *policyFile, log); err != nil {
-		log.Error("server failed", "error", err)
+		// A policy file's problems are joined: one line each, not one
+		// line with literal \n.
+		problems := []error{err}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			problems = j.Unwrap()
+		}
+		for _, e := range problems {
+			log.Error("server failed", "error", e)
+		}
 		os.Exit(1)
 	}
 }
@@ -85,7 +93,7 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 
 	// Listen before serving so that a busy port fails the start, and the
 	// log line names the real address (":0" picks a free port).
-	servers := []*http.Server{newServer(newLiveMux(g, live))}
+	servers := []*http.Server{newServer(newLiveMux(g, reg, live))}
 	lns := make([]net.Listener, 0, 2)
 	ln, err := listen(addr, p, reg, log)
 	if err != nil {
@@ -285,12 +293,13 @@ func newStore(p *policy.Policy, log *slog.Logger) (policy.Store, error) {
 }
 
 // newMux serves the demo page on /, the guarded echo endpoint on /ws and
-// the page's aggregate counters on /stats.
-func newMux(g *ws.Guard) *http.ServeMux { return newLiveMux(g, nil) }
+// the page's aggregate counters on /stats (with the refusals counted in
+// reg's metrics).
+func newMux(g *ws.Guard, reg *prometheus.Registry) *http.ServeMux { return newLiveMux(g, reg, nil) }
 
 // newLiveMux is newMux keeping the open WebSockets in live (when not nil)
 // for the shutdown.
-func newLiveMux(g *ws.Guard, live *liveConns) *http.ServeMux {
+func newLiveMux(g *ws.Guard, reg *prometheus.Registry, live *liveConns) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -318,7 +327,9 @@ func newLiveMux(g *ws.Guard, live *liveConns) *http.ServeMux {
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
-		_ = json.NewEncoder(w).Encode(publicStats(g))
+		st := publicStats(g)
+		addRefusals(&st, reg)
+		_ = json.NewEncoder(w).Encode(st)
 	})
 	return mux
 }
@@ -351,6 +362,9 @@ type RuleStats struct {
 	Burst       int     `json:"burst,omitempty"`
 	Live        int     `json:"live_connections"`
 	TrackedKeys int     `json:"tracked_keys"`
+	// Refused counts the handshakes this rule refused since the server
+	// started, by reason (connections, rate, ...); absent while none.
+	Refused map[string]uint64 `json:"refused,omitempty"`
 }
 
 func publicStats(g *ws.Guard) Stats {
@@ -367,4 +381,41 @@ func publicStats(g *ws.Guard) Stats {
 		s.Rules = append(s.Rules, rs)
 	}
 	return s
+}
+
+// addRefusals fills in each rule's refusals by reason from the server's own
+// metrics (wslimit_rejections_total), so that the page shows what the
+// server refused, from any client, beside what this tab saw.
+func addRefusals(s *Stats, reg *prometheus.Registry) {
+	if reg == nil {
+		return
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		return
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "wslimit_rejections_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var rule, reason string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "rule":
+					rule = l.GetValue()
+				case "reason":
+					reason = l.GetValue()
+				}
+			}
+			for i := range s.Rules {
+				if r := &s.Rules[i]; r.Name == rule && m.GetCounter().GetValue() > 0 {
+					if r.Refused == nil {
+						r.Refused = map[string]uint64{}
+					}
+					r.Refused[reason] = uint64(m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
 }

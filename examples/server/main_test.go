@@ -33,7 +33,7 @@ func TestDemoServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(newMux(g))
+	srv := httptest.NewServer(newMux(g, reg))
 	defer srv.Close()
 	defer g.Close()
 
@@ -103,6 +103,13 @@ func TestDemoServer(t *testing.T) {
 	}
 	if st.RejectMode != "auto" || st.Rules[0].Name != "per-ip" || st.Rules[0].Connections != 5 {
 		t.Errorf("stats: %+v", st)
+	}
+	// The server's refusals by rule and reason: the 429 and the 1013.
+	if got := st.Rules[0].Refused; len(got) != 1 || got["connections"] != 2 {
+		t.Errorf("stats per-ip refused = %v, want connections: 2", got)
+	}
+	if got := st.Rules[1].Refused; got != nil {
+		t.Errorf("stats per-subnet refused = %v, want none", got)
 	}
 	if strings.Contains(body, "127.0.0.1") || strings.Contains(body, "top_keys") {
 		t.Errorf("stats leak keys: %s", body)

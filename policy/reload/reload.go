@@ -290,8 +290,17 @@ func (w *Watcher) reload(trigger string, force bool) (bool, error) {
 	w.stat.Lock()
 	w.lastErr = err
 	w.stat.Unlock()
-	w.log.LogAttrs(ctx, slog.LevelError, "policy reload failed; keeping the running policy",
-		slog.String("path", w.path), slog.String("trigger", trigger), slog.String("error", err.Error()))
+	// One line per problem: a policy file's problems are joined with
+	// newlines, which a log line would show as literal \n.
+	problems := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		problems = j.Unwrap()
+	}
+	for _, e := range problems {
+		w.log.LogAttrs(ctx, slog.LevelError, "policy reload failed; keeping the running policy",
+			slog.String("path", w.path), slog.String("trigger", trigger),
+			slog.Int("problems", len(problems)), slog.String("error", e.Error()))
+	}
 	if w.onError != nil {
 		w.onError(err)
 	}

@@ -549,3 +549,29 @@ func TestWatchErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestReloadLogsOneLinePerProblem: a file with several problems is logged
+// one record per problem, in the file's order, with no literal "\n" in a
+// line.
+func TestReloadLogsOneLinePerProblem(t *testing.T) {
+	h := newHarness(t, capDoc(2), Options{Debounce: time.Hour})
+	h.write(t, "rules:\n  - name: per-ip\n    key: ip\n    connections: -4\n    conections: 5\n")
+	if err := h.w.Reload(); err == nil {
+		t.Fatal("Reload() of a bad file succeeded")
+	}
+	var lines []string
+	for _, l := range strings.Split(h.logs.String(), "\n") {
+		if strings.Contains(l, "policy reload failed") {
+			lines = append(lines, l)
+		}
+	}
+	want := []string{"policy.yaml:1:1: version: required", "policy.yaml:4:18: rules[0].connections:", "policy.yaml:5:5: rules[0].conections:"}
+	if len(lines) != len(want) {
+		t.Fatalf("%d reload-failed lines, want %d:\n%s", len(lines), len(want), strings.Join(lines, "\n"))
+	}
+	for i, l := range lines {
+		if !strings.Contains(l, want[i]) || !strings.Contains(l, "problems=3") || strings.Contains(l, `\n`) {
+			t.Errorf("line %d = %s\nwant it to hold %q and problems=3, and no \\n", i, l, want[i])
+		}
+	}
+}
