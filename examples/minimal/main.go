@@ -1,5 +1,5 @@
 // Command minimal is the smallest guarded gorilla/websocket server: the
-// README's snippet as a program.
+// program in the README, line for line.
 //
 //	go run ./examples/minimal [-addr 127.0.0.1:8081]
 package main
