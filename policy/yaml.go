@@ -319,6 +319,19 @@ func (d *decoder) decodeStruct(n ast.Node, v reflect.Value, path string, depth i
 			continue
 		}
 		d.decode(mv.Value, f, sub, depth+1)
+		d.atKey(mv, sub)
+	}
+}
+
+// atKey records a mapping-valued field at its key ("redis:"), not at its
+// first entry, so that an error about the section as a whole ("has no
+// effect", "sets no limit") points at the line that names it.
+func (d *decoder) atKey(mv *ast.MappingValueNode, path string) {
+	if _, ok := mappingValues(d.resolve(mv.Value, path)); !ok {
+		return
+	}
+	if t := mv.Key.GetToken(); t != nil {
+		d.pos[path] = position{t.Position.Line, t.Position.Column}
 	}
 }
 
@@ -346,6 +359,7 @@ func (d *decoder) decodeMap(n ast.Node, v reflect.Value, path string, depth int)
 		}
 		ev := reflect.New(v.Type().Elem()).Elem()
 		d.decode(mv.Value, ev, sub, depth+1)
+		d.atKey(mv, sub)
 		v.SetMapIndex(kv, ev)
 	}
 }

@@ -211,7 +211,7 @@ func TestIdentityPolicyErrors(t *testing.T) {
 	tests := []struct{ name, doc, want string }{
 		{"alg none", "version: 1\nidentity:\n  jwt:\n    algorithms: [none]\n    secret_env: X\nrules:\n  - {name: u, key: jwt, connections: 1}\n", `4:18: identity.jwt.algorithms[0]: identity: algorithms[0]: "none" is never allowed`},
 		{"jwt key without identity", "version: 1\nrules:\n  - name: u\n    key: jwt\n    connections: 1\n", `4:10: rules[0].key: key "jwt" needs identity.jwt`},
-		{"tiers without jwt", "version: 1\nrules:\n  - name: u\n    key: ip\n    connections: 1\n    tiers: {claim: plan, values: {pro: {connections: 5}}}\n", `6:13: rules[0].tiers: tiers need identity.jwt`},
+		{"tiers without jwt", "version: 1\nrules:\n  - name: u\n    key: ip\n    connections: 1\n    tiers: {claim: plan, values: {pro: {connections: 5}}}\n", `6:5: rules[0].tiers: tiers need identity.jwt`},
 		{"cookie without name", "version: 1\nrules:\n  - {name: s, key: cookie, connections: 1}\n", `key cookie needs a name`},
 		{"unknown jwt field", "version: 1\nidentity:\n  jwt:\n    algorithm: [RS256]\nrules:\n  - {name: u, key: ip, connections: 1}\n", `4:5: identity.jwt.algorithm: unknown field "algorithm"`},
 	}
@@ -268,7 +268,7 @@ func TestParseErrorPositions(t *testing.T) {
 		{"lease_ttl under 1ms", redis + "    lease_ttl: 500us\n",
 			[]string{"p.yaml:8:16: state.redis.lease_ttl: must be at least 1ms (got 500µs)"}},
 		{"redis without store redis", "version: 1\n" + rule + "state:\n  redis:\n    addrs: [127.0.0.1:6379]\n",
-			[]string{"p.yaml:6:5: state.redis: has no effect without state.store: redis"}},
+			[]string{"p.yaml:5:3: state.redis: has no effect without state.store: redis"}},
 		{"max_closing in status mode", "version: 1\n" + rule + "reject:\n  max_closing_per_ip: 8\n",
 			[]string{"p.yaml:5:23: reject.max_closing_per_ip: has no effect with reject.mode status: it bounds the refusals being closed in close and auto modes"}},
 		{"max_keys without a rate", "version: 1\nrules:\n  - name: a\n    key: ip\n    connections: 1\n    max_keys: 10\n",
