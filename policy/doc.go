@@ -7,7 +7,10 @@
 // verified identity or one global key. It is written as YAML (LoadFile,
 // Parse) or built in Go (New with a Config); both paths validate the same
 // way, and errors name the field — with file:line:column when the policy
-// came from a file. Unknown fields are errors.
+// came from a file. Every problem is reported at once, sorted by position
+// (the joined error's Unwrap() []error lists them, each an *Error).
+// Unknown fields are errors, and so are settings that would have no
+// effect (state.redis without store: redis, for one).
 //
 // A Limiter evaluates every rule that applies to a request together, all
 // or nothing, against a Store: a handshake is admitted only if every rule

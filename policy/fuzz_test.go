@@ -16,6 +16,9 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("version: 1\nrules:\n  - {name: s, key: subnet, ipv6_prefix: 56, rate: 3/10s, burst: 4}\nstate: {on_full: refuse, max_keys: 10}\n"))
 	f.Add([]byte("version: !!str 1\n"))
 	f.Add([]byte("? [a]\n: b\n"))
+	f.Add([]byte("version: 1\nrules:\n\t- {name: a, key: ip, connections: 1}\n"))
+	f.Add([]byte("version: 1\nrules:\n  - name: a\n    key: ip\n      connections: 1\n"))
+	f.Add([]byte("rules:\n  - {name: a, key: ip, rate: x, conections: 1}\nstate: {redis: {refresh_interval: 1m}}\n"))
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		p, err := Parse(doc, "fuzz.yaml")
 		if err != nil {
