@@ -153,7 +153,7 @@ func TestBrowserDemo(t *testing.T) {
 		return c.PerIPLive == "5" && c.PerIPTracked == "1" && c.PerIPText == "5 / 5" &&
 			c.Admitted == "5" && c.Rejected == "5" && c.Open == "5" && c.PerIPRefused == "connections: 5", fmt.Sprintf("%+v", c)
 	})
-	if want := "The running policy allows 5 connections per address (rule per-ip): “Open 10” gets 5 admitted and 5 rejected."; c.Summary != want {
+	if want := "The running policy allows 5 connections per address (rule per-ip), and 2 handshakes/s with bursts of 10: “Open 10” gets 5 admitted and 5 rejected."; c.Summary != want {
 		t.Errorf("summary = %q, want %q", c.Summary, want)
 	}
 	t.Logf("page counters: %+v", c)
