@@ -341,25 +341,26 @@ func TestIdleKeepAliveCapped(t *testing.T) {
 	})}
 	go srv.Serve(l)
 	defer srv.Close()
-	url := "http://" + l.Addr().String() + "/"
 
-	client := func(src string) *http.Client {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
-		return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 10}}
-	}
-	idle := client("127.0.0.2")
-	defer idle.CloseIdleConnections()
-	// Two requests at once: two connections, both kept idle afterwards.
-	var wg sync.WaitGroup
+	// Two raw connections, each completing one request and then kept open:
+	// two idle keep-alive connections for certain (an http.Client could reuse
+	// one connection for both requests when the first finishes early).
+	var idle []net.Conn
 	for range 2 {
-		wg.Go(func() {
-			if resp, err := idle.Get(url); err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-		})
+		nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 10 * time.Second}
+		c, err := nd.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 512)
+		if n, err := c.Read(buf); err != nil || !strings.Contains(string(buf[:n]), "200 OK") {
+			t.Fatalf("keep-alive request: %q, %v", buf[:n], err)
+		}
+		idle = append(idle, c)
 	}
-	wg.Wait()
 	waitFor(t, "two live keep-alive connections", func() bool { return l.Stats().Live == 2 })
 	d := websocket.Dialer{NetDial: func(network, addr string) (net.Conn, error) {
 		nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 10 * time.Second}
@@ -369,7 +370,9 @@ func TestIdleKeepAliveCapped(t *testing.T) {
 		c.Close()
 		t.Fatal("a WebSocket from an address holding two idle connections got through per_ip 2")
 	}
-	idle.CloseIdleConnections()
+	for _, c := range idle {
+		c.Close()
+	}
 	waitFor(t, "idle connections released", func() bool { return l.Stats().Live == 0 })
 	c, _, err := d.Dial("ws://"+l.Addr().String()+"/", nil)
 	if err != nil {
