@@ -254,8 +254,10 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 		}
 	}
 	// Address rules first: a key known to be over its rate refuses before
-	// any token is verified (and before any store call).
-	if d.refusedBefore(p, r, ip, ipErr == nil) {
+	// any token is verified (and before any store call); a store that can
+	// answer without I/O is asked about the address rules before any
+	// identity is verified.
+	if d.refusedBefore(p, r, ip, ipErr == nil) || p.verifies && d.refusedByAddress(p, r, ip, ipErr == nil) {
 		return nil, false
 	}
 	claims := d.buf[:0]

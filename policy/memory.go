@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -16,8 +17,8 @@ import (
 
 // MemoryStore keeps counters and buckets in this process: exact connection
 // caps (sharded counters whose entries exist only while a key holds slots)
-// and size-bounded token-bucket tables (CLOCK eviction), one of each per rule name. It is safe
-// for concurrent use.
+// and size-bounded token-bucket tables (least recently used bucket dropped
+// first), one of each per rule name. It is safe for concurrent use.
 type MemoryStore struct {
 	seed  maphash.Seed
 	hash  func(keys.Key) uint64
@@ -171,6 +172,33 @@ func (s *MemoryStore) undo(now time.Time, claims []Claim, taken []buckets.Reserv
 	}
 }
 
+// check returns the Verdict Admit would give claims at now for their caps
+// and rates as the store stands, charging nothing (a full table in refuse
+// mode is left to Admit). The Limiter asks it before verifying an identity,
+// so that an address over its limits costs no signature check; Admit stays
+// the decision, so a slot freed or taken in between errs either way by one
+// handshake's timing, never past a cap.
+func (s *MemoryStore) check(now time.Time, claims []Claim) Verdict {
+	rules := *s.rules.Load()
+	for i := range claims {
+		c := &claims[i]
+		r, ok := rules[c.Rule]
+		if !ok {
+			continue // no state yet: nothing held, every bucket full
+		}
+		if c.Conns > 0 && r.count(c.Key) >= c.Conns {
+			return Verdict{Index: i, Reason: ReasonConnections}
+		}
+		if t := r.buckets.Load(); c.Limit > 0 && t != nil {
+			if tok, ok := t.Tokens(c.Key, now); ok && tok < 1 {
+				wait := time.Duration(math.Ceil((1 - tok) / float64(c.Limit) * float64(time.Second)))
+				return Verdict{Index: i, Reason: ReasonRate, RetryAfter: wait}
+			}
+		}
+	}
+	return Verdict{OK: true}
+}
+
 // Release frees the connection slots of an admitted lease.
 func (s *MemoryStore) Release(_ context.Context, _ Lease, claims []Claim) error {
 	for i := range claims {
@@ -269,6 +297,11 @@ func (s *MemoryStore) count(rule string, k keys.Key) int {
 	if !ok {
 		return 0
 	}
+	return r.count(k)
+}
+
+// count returns the slots k holds.
+func (r *memRule) count(k keys.Key) int {
 	if k.Kind == keys.KindGlobal {
 		return int(r.global.Load())
 	}

@@ -107,6 +107,9 @@ type Policy struct {
 	reject   RejectConfig // defaults filled in
 	jwt      *identity.JWT
 	listener *listener.Limits // nil without a listener section
+	// verifies is true when a rule's key or limits depend on a verified
+	// identity (a jwt or cookie key, or tiers).
+	verifies bool
 }
 
 // Config returns the configuration the policy was built from (with
@@ -169,6 +172,9 @@ func New(cfg Config) (*Policy, error) {
 	p.reject = compileReject(v, cfg.Reject)
 	p.dryRun = compileMode(v, cfg.Mode)
 	p.rules = compileRules(v, cfg, defaults)
+	for i := range p.rules {
+		p.verifies = p.verifies || !p.rules[i].byAddress() || p.rules[i].tiers != nil
+	}
 	p.listener = compileListener(v, cfg, parsePrefixes(&validator{}, "", cfg.ClientIP.TrustedProxies))
 	if len(v.errs) > 0 {
 		return nil, errors.Join(v.errs...)

@@ -144,6 +144,46 @@ func (d *Decision) refusedBefore(p *Policy, r *http.Request, ip netip.Addr, hasI
 	return false
 }
 
+// checker is a store that can tell, without I/O and charging nothing,
+// whether it would refuse claims now (MemoryStore).
+type checker interface {
+	check(now time.Time, claims []Claim) Verdict
+}
+
+// refusedByAddress puts the claims of p's address rules (those whose key
+// and limits need no identity) to the store's check, when it has one,
+// before any identity is verified; it reports whether the check refused d.
+// Such a refusal is final and charged nothing. When the check admits, the
+// caller puts every claim to Admit, which decides. Dry runs evaluate
+// everything and are never decided here.
+func (d *Decision) refusedByAddress(p *Policy, r *http.Request, ip netip.Addr, hasIP bool) bool {
+	ck, ok := d.l.store.(checker)
+	if !ok || p.dryRun {
+		return false
+	}
+	claims := d.buf[:0]
+	for i := range p.rules {
+		ru := &p.rules[i]
+		if !ru.byAddress() || ru.tiers != nil {
+			continue
+		}
+		if k, ok := ru.addressKey(r, ip, hasIP); ok {
+			claims = append(claims, ru.claim)
+			claims[len(claims)-1].Key = k
+		}
+	}
+	if len(claims) == 0 {
+		return false
+	}
+	v := ck.check(d.l.now(), claims)
+	if v.OK {
+		return false
+	}
+	d.claims = claims
+	d.refusedBy(p, v)
+	return true
+}
+
 // remember records the store's rate refusal of claims[v.Index] at now when
 // it came from an address rate rule of p.
 func (l *Limiter) remember(p *Policy, now time.Time, claims []Claim, v Verdict) {

@@ -7,8 +7,13 @@ import (
 	"time"
 )
 
-// TestRefusedAddressSkipsVerification: once the store refused an address
-// by its rate rule, the address's later handshakes are refused before the
+// opaqueStore hides MemoryStore's check: a store that answers only Admit
+// and Release, as policy/redisstore does.
+type opaqueStore struct{ Store }
+
+// TestRefusedAddressSkipsVerification: with a store that cannot be asked
+// before the token is verified (opaqueStore), once the store refused an
+// address by its rate rule, the address's later handshakes are refused before the
 // token is looked at (InvalidToken stays false: no verification ran), with
 // the store's retry time, until the bucket's next token is due; a reload
 // that changes the rule's limits is decided by the store again.
@@ -25,7 +30,7 @@ rules:
   - {name: per-user, key: jwt, connections: 10}
 `
 	now := t0
-	store := NewMemoryStore()
+	store := opaqueStore{NewMemoryStore()}
 	l := NewLimiter(mustParse(t, sprintf(doc, "1")), Options{Store: store, Now: fixedClock(&now)})
 	ctx := context.Background()
 	forged := func() *Decision {
