@@ -162,6 +162,7 @@ func New(cfg Config) (*Policy, error) {
 	p.dryRun = compileMode(v, cfg.Mode)
 	p.rules = compileRules(v, cfg, defaults)
 	p.listener = compileListener(v, cfg, parsePrefixes(&validator{}, "", cfg.ClientIP.TrustedProxies))
+	compileMessages(v, cfg)
 	if len(v.errs) > 0 {
 		return nil, errors.Join(v.errs...)
 	}
