@@ -134,7 +134,10 @@ func (c *Conn) ReadMessage() (int, []byte, error) {
 		return mt, nil, err
 	}
 	p, err := io.ReadAll(r)
-	return mt, p, err
+	if err != nil {
+		return mt, nil, err // a refused message's start is not kept
+	}
+	return mt, p, nil
 }
 
 // ReadJSON reads the next message as JSON, as websocket.Conn.ReadJSON
