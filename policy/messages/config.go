@@ -81,12 +81,12 @@ type Limits struct {
 
 // limit is one compiled limit.
 type limit struct {
-	name     string
-	rule     string // "" for per connection
-	close    bool
-	msgRate  float64 // tokens per second; 0 means none
-	msgBurst float64
-	byteRate float64
+	name      string
+	rule      string // "" for per connection
+	close     bool
+	msgRate   float64 // tokens per second; 0 means none
+	msgBurst  float64
+	byteRate  float64
 	byteBurst float64
 	// reasons are the close reasons, built once.
 	msgReason, byteReason string

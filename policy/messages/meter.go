@@ -96,8 +96,8 @@ type keyID struct {
 
 // shared is the state of one key of one per-key limit.
 type shared struct {
-	mu    sync.Mutex
-	pair  pair
+	mu   sync.Mutex
+	pair pair
 	refs int // guarded by Table.mu
 	id   keyID
 }
