@@ -113,14 +113,15 @@ func (c *Conn) NextReader() (int, io.Reader, error) {
 	if err != nil {
 		return mt, r, err
 	}
-	pending := c.mr.pending
-	c.mr = meteredReader{c: c, r: r, max: c.m.MaxSize(), chunk: c.m.Chunk()}
-	if res := c.m.Charge(1, pending); res.Wait != 0 || res.Code != 0 {
+	mr := &c.mr
+	if res := c.m.Charge(1, mr.pending); res.Wait != 0 || res.Code != 0 {
 		if err := c.act(res); err != nil {
 			return 0, nil, err
 		}
 	}
-	return mt, &c.mr, nil
+	mr.c, mr.r, mr.size, mr.pending, mr.over = c, r, 0, 0, false
+	mr.max, mr.chunk = c.m.MaxSize(), c.m.Chunk()
+	return mt, mr, nil
 }
 
 // ReadMessage reads the next data message, as websocket.Conn.ReadMessage

@@ -41,49 +41,56 @@ type pair struct {
 }
 
 // bucket is a token bucket whose rate and size are the limit's; time is
-// in nanoseconds of the table's clock.
+// in nanoseconds of the table's clock. It counts what was spent, so that
+// the zero bucket is full and needs no clock to start.
 type bucket struct {
-	tokens float64
-	last   int64
-	init   bool
+	spent float64 // burst - tokens; over burst: a throttle's debt
+	last  int64
+	burst float64 // the burst spent counts against; 0 in a new bucket
 }
 
-// fill adds the tokens earned since the last fill, up to burst; a new
-// bucket starts full.
-func (b *bucket) fill(now int64, rate, burst float64) {
-	if !b.init {
-		b.tokens, b.last, b.init = burst, now, true
-		return
+// take spends n tokens at now, refilling at rate tokens per nanosecond
+// up to burst. A throttle (debt) spends them even when short; otherwise a
+// short bucket spends nothing. It returns how long until the bucket is
+// out of debt (0 when it had the tokens). A reload's new burst keeps the
+// tokens, at most the new burst.
+func (b *bucket) take(now int64, n, rate, burst float64, debt bool) int64 {
+	if b.burst != burst {
+		if b.burst != 0 {
+			b.spent = burst - min(b.burst-b.spent, burst)
+		}
+		b.burst = burst
 	}
 	if now > b.last {
-		b.tokens += float64(now-b.last) * rate / 1e9
+		b.spent = max(0, b.spent-float64(now-b.last)*rate)
 		b.last = now
 	}
-	b.tokens = min(b.tokens, burst)
-}
-
-// wait is how long until the bucket holds n more tokens than now
-// (0 when it has them).
-func (b *bucket) wait(n, rate float64) int64 {
-	if b.tokens >= n {
+	if b.spent+n <= burst {
+		b.spent += n
 		return 0
 	}
-	return int64((n - b.tokens) / rate * 1e9)
+	wait := int64((b.spent+n-burst)/rate) + 1
+	if debt {
+		b.spent += n
+	}
+	return wait
 }
 
-// MaxSize returns the current max_size (0: none).
+// MaxSize returns the max_size of the limits of the meter's last charge
+// (0: none), for the reading goroutine.
 func (m *Meter) MaxSize() int {
-	if l := m.t.lim.Load(); l != nil {
-		return l.maxSize
+	if m.lim != nil {
+		return m.lim.maxSize
 	}
 	return 0
 }
 
 // Chunk returns how many bytes a streaming reader may read between two
-// Charge calls: at most the smallest byte burst.
+// Charge calls (at most the smallest byte burst), for the reading
+// goroutine.
 func (m *Meter) Chunk() int {
-	if l := m.t.lim.Load(); l != nil {
-		return l.chunk
+	if m.lim != nil {
+		return m.lim.chunk
 	}
 	return 16 << 10
 }
@@ -175,31 +182,24 @@ const (
 
 // take charges msgs and n to p under lim. It returns the wait (throttle)
 // and the reason when over the limit; 0 when within it. A close limit
-// and a dry-run meter take nothing when over.
+// and a dry-run meter take nothing from a short bucket (the other bucket
+// may have spent: the connection is closing, or the policy only reports).
 func (p *pair) take(lim *limit, now int64, msgs, n float64, dry bool) (int64, uint8) {
 	var why uint8
 	var wm, wb int64
-	useM, useB := lim.msgRate > 0 && msgs > 0, lim.byteRate > 0 && n > 0
-	if useM {
-		p.msgs.fill(now, lim.msgRate, lim.msgBurst)
-		if wm = p.msgs.wait(msgs, lim.msgRate); wm > 0 {
+	debt := !lim.close && !dry
+	if lim.msgRate > 0 && msgs > 0 {
+		if wm = p.msgs.take(now, msgs, lim.msgRateNs, lim.msgBurst, debt); wm > 0 {
 			why = reasonMsgs
 		}
 	}
-	if useB {
-		p.bytes.fill(now, lim.byteRate, lim.byteBurst)
-		if wb = p.bytes.wait(n, lim.byteRate); wb > 0 && why == 0 {
+	if lim.byteRate > 0 && n > 0 {
+		if wb = p.bytes.take(now, n, lim.byteRateNs, lim.byteBurst, debt); wb > 0 && why == 0 {
 			why = reasonBytes
 		}
 	}
-	if why != 0 && (lim.close || dry) {
+	if !debt {
 		return 0, why
-	}
-	if useM {
-		p.msgs.tokens -= msgs
-	}
-	if useB {
-		p.bytes.tokens -= n
 	}
 	return max(wm, wb), why
 }

@@ -88,6 +88,8 @@ type limit struct {
 	msgBurst  float64
 	byteRate  float64
 	byteBurst float64
+	// msgRateNs and byteRateNs are the rates per nanosecond.
+	msgRateNs, byteRateNs float64
 	// reasons are the close reasons, built once.
 	msgReason, byteReason string
 }
@@ -177,6 +179,7 @@ func compileLimit(path string, lc LimitConfig, def bool, maxSize int, rules []st
 	if lc.Rate == "" && lc.Bytes == "" {
 		add("", "limit %q limits nothing: set rate, bytes, or both", lc.Name)
 	}
+	l.msgRateNs, l.byteRateNs = l.msgRate/1e9, l.byteRate/1e9
 	l.msgReason = closeReason(l.name+": messages over "+lc.Rate, lc.Burst)
 	l.byteReason = closeReason(l.name+": bytes over "+lc.Bytes, lc.BytesBurst)
 	return l, errs

@@ -73,16 +73,18 @@ func TestThrottleWaitsExactly(t *testing.T) {
 			t.Fatalf("message %d within the burst: got %+v, want zero", i, res)
 		}
 	}
-	// The 6th takes the token it lacks on credit: 1 token at 10/s is 100ms.
-	if res := m.Message(10); res.Wait != 100*time.Millisecond || res.Code != 0 {
+	// The 6th takes the token it lacks on credit: 1 token at 10/s is
+	// 100ms (waits round up by 1ns, so that the debt is paid after them).
+	const ns = time.Nanosecond
+	if res := m.Message(10); res.Wait != 100*time.Millisecond+ns || res.Code != 0 {
 		t.Fatalf("6th message: got %+v, want Wait 100ms", res)
 	}
 	// The 7th owes two tokens' worth.
-	if res := m.Message(10); res.Wait != 200*time.Millisecond {
+	if res := m.Message(10); res.Wait != 200*time.Millisecond+ns {
 		t.Fatalf("7th message: got %+v, want Wait 200ms", res)
 	}
 	clk.add(200 * time.Millisecond)
-	if res := m.Message(10); res.Wait != 100*time.Millisecond {
+	if res := m.Message(10); res.Wait != 100*time.Millisecond+ns {
 		t.Fatalf("after paying the debt: got %+v, want Wait 100ms", res)
 	}
 	vs := rec.all()
@@ -205,15 +207,18 @@ func TestReloadAppliesToLiveMeters(t *testing.T) {
 	for range 8 {
 		m.Message(1)
 	}
-	// 2 tokens left; the new limit keeps them (capped at its burst 1).
+	// 2 tokens left; the new limit keeps them, at most its burst 1.
 	tb.SetLimits(mustCompile(t, Config{Action: "close", Limits: []LimitConfig{{Name: "conn", Rate: "1/s", Burst: 1}}}, false))
 	if res := m.Message(1); res != (Result{}) {
-		t.Fatalf("first message after the reload: got %+v", res)
+		t.Fatalf("first message after the reload: got %+v, want the token kept", res)
 	}
 	if res := m.Message(1); res.Code != ClosePolicyViolation {
 		t.Fatalf("second: got %+v, want the new close action", res)
 	}
 	clk.add(time.Second)
+	if res := m.Message(1); res != (Result{}) {
+		t.Fatalf("a second later: got %+v, want the token earned at 1/s", res)
+	}
 	tb.SetLimits(nil)
 	for range 5 {
 		if res := m.Message(1); res != (Result{}) {
