@@ -18,6 +18,7 @@ import (
 type frameConn struct {
 	block []byte
 	off   int
+	frame int // when not 0, a read returns at most one frame
 }
 
 func newFrameConn(payload int) *frameConn {
@@ -31,6 +32,9 @@ func newFrameConn(payload int) *frameConn {
 }
 
 func (c *frameConn) Read(p []byte) (int, error) {
+	if c.frame != 0 && len(p) > c.frame-c.off%c.frame {
+		p = p[:c.frame-c.off%c.frame]
+	}
 	n := copy(p, c.block[c.off:])
 	c.off = (c.off + n) % len(c.block)
 	return n, nil
@@ -101,10 +105,20 @@ type reader interface {
 	NextReader() (int, io.Reader, error)
 }
 
-func benchConns(b *testing.B) map[string]reader {
+// benchConns returns the connections to compare; with onePerRead every
+// network read returns one message (a sender that sends one message per
+// packet), otherwise as many as gorilla's buffer takes.
+func benchConns(b *testing.B, onePerRead bool) map[string]reader {
 	b.Helper()
+	fc := func() *frameConn {
+		c := newFrameConn(16)
+		if onePerRead {
+			c.frame = 6 + 16
+		}
+		return c
+	}
 	up := websocket.Upgrader{}
-	bare, err := up.Upgrade(&hijackRecorder{httptest.NewRecorder(), newFrameConn(16)}, handshake(), nil)
+	bare, err := up.Upgrade(&hijackRecorder{httptest.NewRecorder(), fc()}, handshake(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,7 +128,7 @@ func benchConns(b *testing.B) map[string]reader {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := g.Upgrade(&hijackRecorder{httptest.NewRecorder(), newFrameConn(16)}, handshake(), nil)
+		c, err := g.Upgrade(&hijackRecorder{httptest.NewRecorder(), fc()}, handshake(), nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -130,25 +144,35 @@ func benchConns(b *testing.B) map[string]reader {
 // guarded Conn without messages limits, and through one metered by two
 // limits (per connection: messages and bytes; per key) and max_size. The
 // difference metered - bare is the per-message price of issue 19.
+//
+// Charges take their time from the connection's last network read (one
+// clock read per read): the onePerRead variants, where every read brings
+// one message, show the price when each message needs its own.
 func BenchmarkReadMessage(b *testing.B) {
-	conns := benchConns(b)
-	for _, name := range []string{"bare", "guarded", "metered", "metered-perkey"} {
-		c := conns[name]
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, _, err := c.ReadMessage(); err != nil {
-					b.Fatal(err)
+	for _, one := range []bool{false, true} {
+		conns := benchConns(b, one)
+		prefix := ""
+		if one {
+			prefix = "onePerRead-"
+		}
+		for _, name := range []string{"bare", "guarded", "metered", "metered-perkey"} {
+			c := conns[name]
+			b.Run(prefix+name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, _, err := c.ReadMessage(); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 
 // BenchmarkNextReader is BenchmarkReadMessage through NextReader and
 // io.Copy to io.Discard: no per-message buffer, so allocations show.
 func BenchmarkNextReader(b *testing.B) {
-	conns := benchConns(b)
+	conns := benchConns(b, false)
 	for _, name := range []string{"bare", "guarded", "metered", "metered-perkey"} {
 		c := conns[name]
 		b.Run(name, func(b *testing.B) {

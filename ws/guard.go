@@ -251,7 +251,7 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		return gc, nil
 	}
 	gc := &Conn{d: d, m: m}
-	gc.nc.d, gc.nc.m = d, m
+	gc.nc.d, gc.nc.m, gc.nc.stamp = d, m, m
 	gc.hw = hijackWriter{ResponseWriter: w, nc: &gc.nc}
 	c, err := g.checked.Upgrade(&gc.hw, r, responseHeader)
 	// The response, and with it the request, must not live as long as the
@@ -524,6 +524,18 @@ type releasingConn struct {
 	net.Conn
 	d *policy.Decision
 	m *messages.Meter // nil without messages limits
+	// stamp, when set (Upgrade: gorilla reads only on the reading
+	// goroutine), is m: every read stamps its time for the charges of the
+	// messages it brought in (one clock read per read, not per message).
+	stamp *messages.Meter
+}
+
+func (c *releasingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.stamp != nil {
+		c.stamp.Stamp()
+	}
+	return n, err
 }
 
 func (c *releasingConn) release() {

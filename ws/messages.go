@@ -191,6 +191,9 @@ func (c *Conn) act(res messages.Result) error {
 	defer t.Stop()
 	select {
 	case <-t.C:
+		if c.nc.stamp != nil {
+			c.m.Stamp() // the messages already buffered arrived no later than now
+		}
 		return nil
 	case <-c.m.Done():
 		return fmt.Errorf("ws: connection closed while throttled: %w", net.ErrClosed)

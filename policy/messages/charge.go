@@ -23,6 +23,9 @@ type Meter struct {
 	size   *counters // of max_size
 	closed atomic.Bool
 	done   chan struct{}
+	// now is the time of the last Stamp; charges use it once stamped.
+	now     int64
+	stamped bool
 	// held are the per-key entries this meter holds; guarded by Table.mu.
 	held []*shared
 }
@@ -99,6 +102,16 @@ func (m *Meter) Chunk() int {
 // Result's Wait, so that closing the connection ends the wait.
 func (m *Meter) Done() <-chan struct{} { return m.done }
 
+// Stamp records the current time for the charges that follow, which then
+// use it instead of reading the clock: a reader that sees its network
+// reads calls Stamp after each one (and after each throttle wait), so
+// that one clock read serves every message a read brought in. A stamp is
+// never later than the real time, so a stale one errs toward fewer
+// tokens, never more. For the reading goroutine.
+func (m *Meter) Stamp() {
+	m.now, m.stamped = m.t.nanos(), true
+}
+
 // Message charges one whole message of size bytes: shorthand for
 // Charge(1, size), after checking size against max_size (over it: close
 // with CloseMessageTooBig, nothing charged).
@@ -137,8 +150,8 @@ func (m *Meter) oversize(l *Limits, size int) Result {
 	return Result{Code: CloseMessageTooBig, Reason: "max_size: message over " + strconv.Itoa(l.maxSize) + " bytes"}
 }
 
-// Charge charges msgs messages and n bytes to every limit, at the table's
-// clock. Throttle limits always take the tokens (going into debt) and
+// Charge charges msgs messages and n bytes to every limit, at the
+// table's clock (or the last Stamp). Throttle limits always take the tokens (going into debt) and
 // the Result's Wait says how long until the debt is paid; a close limit
 // without the tokens takes none and the Result says to close (1008).
 func (m *Meter) Charge(msgs, n int) Result {
@@ -149,7 +162,10 @@ func (m *Meter) Charge(msgs, n int) Result {
 	if l == nil || len(l.limits) == 0 {
 		return Result{}
 	}
-	now := m.t.nanos()
+	now := m.now
+	if !m.stamped {
+		now = m.t.nanos()
+	}
 	var res Result
 	for i := range l.limits {
 		st := &m.states[i]
