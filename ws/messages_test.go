@@ -428,3 +428,124 @@ func TestNoMessagesSectionUnmetered(t *testing.T) {
 		t.Fatal("a connection without messages limits has a meter")
 	}
 }
+
+// TestBytesThrottled: a byte limit holds a flood of 1 KiB messages to
+// burst + rate*elapsed, plus what is read between two charges (a chunk,
+// at most 16 KiB, and one message). Slowness can only lower the count.
+func TestBytesThrottled(t *testing.T) {
+	const doc = `version: 1
+rules:
+  - name: per-ip
+    key: ip
+    connections: 10
+messages:
+  limits:
+    - name: conn-bytes
+      bytes: 64KiB/s
+      bytes_burst: 65536
+`
+	const rate, burst, slackBytes = 64 << 10, 65536, 16<<10 + 1024
+	var read, breach atomic.Int64
+	done := make(chan struct{})
+	s := newMsgServer(t, doc, func(c *Conn, _ *http.Request, start time.Time) {
+		defer close(done)
+		for time.Since(start) < 2*time.Second {
+			_, msg, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if n := read.Add(int64(len(msg))); float64(n) > burst+rate*time.Since(start).Seconds()+slackBytes {
+				breach.Add(1)
+			}
+		}
+	})
+	c := dialFrom(t, s.url(""), nil)
+	go func() {
+		msg := make([]byte, 1024)
+		for c.WriteMessage(websocket.BinaryMessage, msg) == nil {
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(slack):
+		t.Fatal("the server did not finish its 2 s window")
+	}
+	t.Logf("read %d bytes in 2 s under 64 KiB/s, burst 64 KiB", read.Load())
+	if b := breach.Load(); b != 0 {
+		t.Fatalf("%d reads over burst + rate*elapsed + %d", b, slackBytes)
+	}
+	if read.Load() < burst {
+		t.Fatalf("read %d bytes, want at least the burst %d", read.Load(), burst)
+	}
+	if st := s.g.Messages().Stats(); len(st) == 0 || st[0].Reason != messages.ReasonBytes || st[0].Action != messages.ActionThrottle {
+		t.Fatalf("stats: got %+v, want byte throttles", st)
+	}
+}
+
+// TestExemptUnmetered: an exempt client has no meter.
+func TestExemptUnmetered(t *testing.T) {
+	var metered atomic.Bool
+	s := newMsgServer(t, closeDoc+"exempt: [127.0.0.1]\n", func(c *Conn, _ *http.Request, _ time.Time) {
+		metered.Store(c.m != nil)
+		echoLoop(c)
+	})
+	c := dialFrom(t, s.url(""), nil)
+	for range 10 { // over the close limit's burst of 5
+		echoOnce(t, c)
+	}
+	if metered.Load() {
+		t.Fatal("an exempt client is metered")
+	}
+}
+
+// TestMiddlewareMeterDropped: behind Middleware the meter is in the
+// request's context and is closed with the hijacked connection, which
+// drops its per-key entry.
+func TestMiddlewareMeterDropped(t *testing.T) {
+	const doc = `version: 1
+rules:
+  - name: per-ip
+    key: ip
+    connections: 10
+messages:
+  limits:
+    - name: ip
+      per: rule:per-ip
+      rate: 100/s
+`
+	g, err := New(mustPolicy(t, doc), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	var up websocket.Upgrader
+	got := make(chan *messages.Meter, 1)
+	srv := httptest.NewServer(g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- MeterFrom(r.Context())
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		go func() { // the handler returns; the connection lives on
+			defer c.Close()
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+			}
+		}()
+	})))
+	defer srv.Close()
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := <-got; m == nil {
+		t.Fatal("MeterFrom: no meter")
+	}
+	if k := g.Messages().Keys(); k != 1 {
+		t.Fatalf("per-key entries while connected: got %d, want 1", k)
+	}
+	c.Close()
+	eventually(t, "the entry dropped with the connection", func() bool { return g.Messages().Keys() == 0 })
+}
