@@ -251,6 +251,7 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		return gc, nil
 	}
 	gc := &Conn{d: d, m: m}
+	gc.mr.c = gc
 	gc.nc.d, gc.nc.m, gc.nc.stamp = d, m, m
 	gc.hw = hijackWriter{ResponseWriter: w, nc: &gc.nc}
 	c, err := g.checked.Upgrade(&gc.hw, r, responseHeader)

@@ -119,7 +119,7 @@ func (c *Conn) NextReader() (int, io.Reader, error) {
 			return 0, nil, err
 		}
 	}
-	mr.c, mr.r, mr.size, mr.pending, mr.over = c, r, 0, 0, false
+	mr.r, mr.size, mr.pending, mr.over = r, 0, 0, false
 	mr.max, mr.chunk = c.m.MaxSize(), c.m.Chunk()
 	return mt, mr, nil
 }
