@@ -7,8 +7,9 @@
 //
 // Package ws enforces it in the reads of the connection Guard.Upgrade
 // returns. Servers on other WebSocket libraries charge a Meter themselves
-// (ws.MeterFrom behind ws.Guard.Middleware): Message for every message
-// read, or Bytes-free streaming with Charge and Oversize, and act on the
+// (ws.MeterFrom behind ws.Guard.Middleware): Message for every whole
+// message read, or, reading a stream, Charge(1, 0) when a message begins,
+// Charge(0, n) as its bytes come and Oversize past MaxSize; and act on the
 // Result: wait (read nothing meanwhile: backpressure) or close with its
 // code and reason.
 //
