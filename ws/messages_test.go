@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wslimit/wslimit/policy/messages"
+	"github.com/wslimit/wslimit/policy/reload"
 )
 
 // msgServer is a guarded server on loopback with the real clock (time is
@@ -388,6 +391,46 @@ func TestReloadReachesLiveConnections(t *testing.T) {
 	}()
 	if ce := readClose(t, c); ce.Code != websocket.ClosePolicyViolation {
 		t.Fatalf("after the reload: got %d %q, want 1008", ce.Code, ce.Text)
+	}
+}
+
+// TestFileReloadReachesLiveConnections: policy/reload's watcher, applying
+// with Guard.SetPolicy, brings a rewritten file's messages limits to a
+// connection opened before the rewrite; a bad file keeps them.
+func TestFileReloadReachesLiveConnections(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte(throttleDoc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := newMsgServer(t, throttleDoc, func(c *Conn, _ *http.Request, _ time.Time) { echoLoop(c) })
+	w, err := reload.Watch(t.Context(), path, s.g.SetPolicy, reload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	c := dialFrom(t, s.url(""), nil)
+	echoOnce(t, c)
+	if err := os.WriteFile(path, []byte("version: 1\nmessages: {max_size: -1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Reload(); err == nil {
+		t.Fatal("a bad policy file reloaded")
+	}
+	for range 10 { // still the old limits: 50/s, burst 50
+		echoOnce(t, c)
+	}
+	if err := os.WriteFile(path, []byte(closeDoc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for i := 0; i < 50 && c.WriteMessage(websocket.TextMessage, []byte("ping")) == nil; i++ {
+		}
+	}()
+	if ce := readClose(t, c); ce.Code != websocket.ClosePolicyViolation {
+		t.Fatalf("after the file reload: got %d %q, want 1008", ce.Code, ce.Text)
 	}
 }
 
