@@ -130,15 +130,35 @@ func (c *Conn) ReadMessage() (int, []byte, error) {
 	if c.m == nil {
 		return c.Conn.ReadMessage()
 	}
-	mt, r, err := c.NextReader()
+	mt, _, err := c.NextReader()
 	if err != nil {
 		return mt, nil, err
 	}
-	p, err := io.ReadAll(r)
+	p, err := c.mr.readAll()
 	if err != nil {
 		return mt, nil, err // a refused message's start is not kept
 	}
 	return mt, p, nil
+}
+
+// readAll is io.ReadAll(mr) with the metering inline: the message's
+// bytes are read straight from gorilla's reader, in buffers grown as
+// io.ReadAll grows them, at most max+1 bytes.
+func (mr *meteredReader) readAll() ([]byte, error) {
+	b := make([]byte, 0, 512)
+	for {
+		n, err := mr.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // let append grow the buffer
+		}
+	}
 }
 
 // ReadJSON reads the next message as JSON, as websocket.Conn.ReadJSON

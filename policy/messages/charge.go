@@ -58,6 +58,17 @@ type bucket struct {
 // out of debt (0 when it had the tokens). A reload's new burst keeps the
 // tokens, at most the new burst.
 func (b *bucket) take(now int64, n, rate, burst float64, debt bool) int64 {
+	// Fast path (inlined): no time passed since the last charge (the
+	// messages of one network read share its stamp) and the tokens are
+	// there.
+	if now == b.last && b.burst == burst && b.spent+n <= burst {
+		b.spent += n
+		return 0
+	}
+	return b.takeSlow(now, n, rate, burst, debt)
+}
+
+func (b *bucket) takeSlow(now int64, n, rate, burst float64, debt bool) int64 {
 	if b.burst != burst {
 		if b.burst != 0 {
 			b.spent = burst - min(b.burst-b.spent, burst)
