@@ -282,3 +282,22 @@ func TestParseRate(t *testing.T) {
 		t.Errorf("a message rate with a byte unit: got no error")
 	}
 }
+
+// TestReloadAddsARate: a limit that gains a byte rate on reload starts
+// that bucket full, although the fast path counted into it before.
+func TestReloadAddsARate(t *testing.T) {
+	tb, _, _ := newTable(t, Config{Limits: []LimitConfig{{Name: "conn", Rate: "1000/s", Burst: 1000}}}, false)
+	m := tb.Open(ip, keyOf("a"))
+	defer m.Close()
+	m.Stamp() // one time for every charge below: the fast path
+	for range 100 {
+		m.Charge(1, 100)
+	}
+	tb.SetLimits(mustCompile(t, Config{Action: "close", Limits: []LimitConfig{{Name: "conn", Rate: "1000/s", Burst: 1000, Bytes: "1KiB/s", BytesBurst: 1024}}}, false))
+	if res := m.Charge(1, 1024); res != (Result{}) {
+		t.Fatalf("the new byte bucket's first 1024 bytes: got %+v, want a full bucket", res)
+	}
+	if res := m.Charge(1, 1); res.Code != ClosePolicyViolation {
+		t.Fatalf("one byte more: got %+v, want 1008", res)
+	}
+}
