@@ -6,7 +6,7 @@
 #   bash docs/bench.sh            # everything (about 25 minutes on 2 cores)
 #   bash docs/bench.sh policy ws  # only the named groups
 #
-# Groups: policy, memory, buckets, concurrency, keys, identity, ws, redis.
+# Groups: policy, memory, buckets, concurrency, keys, identity, ws, messages, redis.
 # Run it on an otherwise idle machine: the figures are only as quiet as the
 # cores. The Redis group needs redis-server on PATH (or WSLIMIT_REDIS_ADDR).
 set -euo pipefail
@@ -16,7 +16,7 @@ out=${WSLIMIT_BENCH_OUT:-docs/bench.txt}
 count=${WSLIMIT_BENCH_COUNT:-10}
 benchstat=golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(policy memory buckets concurrency keys identity ws redis)
+[ ${#groups[@]} -gt 0 ] || groups=(policy memory buckets concurrency keys identity ws messages redis)
 
 bench() { # package, -bench regexp, extra flags...
 	local pkg=$1 re=$2
@@ -68,6 +68,15 @@ for g in "${groups[@]}"; do
 		bench ./ws/ '^BenchmarkHandshake$|^BenchmarkHandshakeParallel$' -count "$count" -benchtime 1s
 		echo "== go test -run '^TestHandshakeLatency\$' -v -wslimit.latency ./ws/" >&2
 		go test -run '^TestHandshakeLatency$' -v -count 1 ./ws/ -wslimit.latency | grep -v '^=== ' | sed 's/^/# latency: /' | tee -a "$out"
+		;;
+	messages)
+		# Issue 19: a message read bare, guarded, metered; one run of all
+		# variants at a time, ten times, so that the machine's moods fall
+		# on every variant alike.
+		for _ in $(seq "$count"); do
+			bench ./ws/ '^BenchmarkReadMessage$|^BenchmarkNextReader$' -count 1 -benchtime 1s
+		done
+		bench ./policy/messages/ '^BenchmarkCharge$' -count "$count" -benchtime 500ms
 		;;
 	redis)
 		bench ./policy/redisstore/ '^BenchmarkAdmitVsPing$' -count "$count" -benchtime 1s

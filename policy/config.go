@@ -5,6 +5,7 @@ import (
 
 	"github.com/wslimit/wslimit/keys/identity"
 	"github.com/wslimit/wslimit/policy/listener"
+	"github.com/wslimit/wslimit/policy/messages"
 )
 
 // Config is a policy as written: the YAML file decodes into it, and Go
@@ -31,6 +32,9 @@ type Config struct {
 	// Listener caps TCP connections at accept (package policy/listener);
 	// nil means no listener caps.
 	Listener *listener.Config `yaml:"listener" json:"listener,omitempty"`
+	// Messages limits what admitted connections send: messages and bytes
+	// per period, message size (package policy/messages); nil means none.
+	Messages *messages.Config `yaml:"messages" json:"messages,omitempty"`
 }
 
 // ClientIPConfig says how the client address is taken from a request.

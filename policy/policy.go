@@ -176,6 +176,7 @@ func New(cfg Config) (*Policy, error) {
 		p.verifies = p.verifies || !p.rules[i].byAddress() || p.rules[i].tiers != nil
 	}
 	p.listener = compileListener(v, cfg, parsePrefixes(&validator{}, "", cfg.ClientIP.TrustedProxies))
+	compileMessages(v, cfg)
 	if len(v.errs) > 0 {
 		return nil, errors.Join(v.errs...)
 	}

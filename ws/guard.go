@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/messages"
 )
 
 // Close codes sent in close mode.
@@ -82,6 +83,11 @@ type Options struct {
 	// whose peer stops answering or reading (see Keepalive); zero is off.
 	// It applies to Upgrade, not to Middleware.
 	Keepalive Keepalive
+	// OnMessageLimit, when set, is told of every message or byte charge
+	// over a messages limit (throttled, closed, or in dry run would have
+	// been): the hook for penalties. It runs on the reading goroutine and
+	// must not block.
+	OnMessageLimit func(messages.Violation)
 }
 
 // Guard admits WebSocket handshakes under a policy before upgrading them.
@@ -98,6 +104,7 @@ type Guard struct {
 	log     *rejectLog
 	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
 	ka      Keepalive // with defaults filled in; zero when off
+	msgs    *messages.Table
 
 	mu        sync.Mutex // guards the close-path bounds; orders wg.Add before Close's wg.Wait
 	closed    bool
@@ -131,6 +138,7 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 		reject:    opts.Reject,
 		ka:        ka,
 		closingIP: map[netip.Addr]int{},
+		msgs:      messages.NewTable(compileMessages(p), messages.TableOptions{Now: opts.Now, OnViolation: opts.OnMessageLimit}),
 	}
 	g.checked.CheckOrigin = func(*http.Request) bool { return true }
 	if opts.Logger != nil {
@@ -146,8 +154,13 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 // Limiter returns the guard's limiter (for reloads and inspection).
 func (g *Guard) Limiter() *policy.Limiter { return g.lim }
 
-// SetPolicy swaps the policy for later handshakes; see policy.Limiter.SetPolicy.
-func (g *Guard) SetPolicy(p *policy.Policy) { g.lim.SetPolicy(p) }
+// SetPolicy swaps the policy for later handshakes (see
+// policy.Limiter.SetPolicy) and its messages limits for live connections
+// too (see messages.Table.SetLimits).
+func (g *Guard) SetPolicy(p *policy.Policy) {
+	g.lim.SetPolicy(p)
+	g.msgs.SetLimits(compileMessages(p))
+}
 
 // Close waits for close-mode connections to finish closing and closes the
 // store if the guard created it. Live connections keep their slots until
@@ -178,6 +191,9 @@ type Conn struct {
 	nc releasingConn // the network connection gorilla holds
 
 	ka *keepalive // nil when keepalive is off
+
+	m  *messages.Meter // nil without messages limits
+	mr meteredReader
 }
 
 // Decision returns the admission decision of the connection.
@@ -224,7 +240,8 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 	if d.WouldReject {
 		g.logReject(r, d)
 	}
-	if !d.Holds() {
+	m := g.Meter(d)
+	if !d.Holds() && m == nil {
 		c, err := g.checked.Upgrade(w, r, responseHeader)
 		if err != nil {
 			return nil, err
@@ -233,15 +250,16 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		g.startKeepalive(gc)
 		return gc, nil
 	}
-	gc := &Conn{d: d}
-	gc.nc.d = d
+	gc := &Conn{d: d, m: m}
+	gc.mr.c = gc
+	gc.nc.d, gc.nc.m, gc.nc.stamp = d, m, m
 	gc.hw = hijackWriter{ResponseWriter: w, nc: &gc.nc}
 	c, err := g.checked.Upgrade(&gc.hw, r, responseHeader)
 	// The response, and with it the request, must not live as long as the
 	// connection.
 	gc.hw.ResponseWriter = nil
 	if err != nil {
-		d.Release()
+		gc.nc.release()
 		return nil, err
 	}
 	gc.Conn = c
@@ -474,7 +492,7 @@ func (hw *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	// Last resort: a connection the application never closes is released
 	// when it becomes unreachable. The cleanup must not reference rc (nor
 	// the Conn it lives in).
-	runtime.AddCleanup(rc, releaseUnreachable, rc.d)
+	runtime.AddCleanup(rc, releaseUnreachable, held{rc.d, rc.m})
 	return rc, brw, nil
 }
 
@@ -482,19 +500,50 @@ func (hw *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // unreachable: it releases the slots unless Close already did, which is
 // the usual case and then costs nothing. The release runs on a goroutine
 // of its own: a store's Release may block, and cleanups share goroutines.
-func releaseUnreachable(d *policy.Decision) {
-	if d.Holds() {
-		go d.Release()
+func releaseUnreachable(h held) {
+	if h.d.Holds() {
+		go h.d.Release()
 	}
+	if h.m != nil {
+		h.m.Close()
+	}
+}
+
+// held is what a connection holds: the decision's slots, the meter's
+// per-key entries.
+type held struct {
+	d *policy.Decision
+	m *messages.Meter
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (hw *hijackWriter) Unwrap() http.ResponseWriter { return hw.ResponseWriter }
 
-// releasingConn releases the decision's slots when closed.
+// releasingConn releases the decision's slots (and closes the meter)
+// when closed.
 type releasingConn struct {
 	net.Conn
 	d *policy.Decision
+	m *messages.Meter // nil without messages limits
+	// stamp, when set (Upgrade: gorilla reads only on the reading
+	// goroutine), is m: every read stamps its time for the charges of the
+	// messages it brought in (one clock read per read, not per message).
+	stamp *messages.Meter
+}
+
+func (c *releasingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.stamp != nil {
+		c.stamp.Stamp()
+	}
+	return n, err
+}
+
+func (c *releasingConn) release() {
+	c.d.Release()
+	if c.m != nil {
+		c.m.Close()
+	}
 }
 
 // Unwrap returns the network connection underneath, for applications that
@@ -504,7 +553,7 @@ func (c *releasingConn) Unwrap() net.Conn { return c.Conn }
 
 func (c *releasingConn) Close() error {
 	err := c.Conn.Close()
-	c.d.Release()
+	c.release()
 	return err
 }
 

@@ -1,11 +1,13 @@
 package ws
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/messages"
 )
 
 // Middleware returns a handler that admits WebSocket handshakes under the
@@ -51,33 +53,37 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		r = withProtocols(r, d.Protocols)
-		if !d.Holds() {
+		m := g.Meter(d)
+		if !d.Holds() && m == nil {
 			next.ServeHTTP(w, r)
 			return
 		}
-		serveHolding(next, w, r, d)
+		if m != nil {
+			r = r.WithContext(context.WithValue(r.Context(), meterKey{}, m))
+		}
+		serveHolding(next, w, r, d, m)
 	})
 }
 
 // serveHolding calls next with a ResponseWriter that ties d's release to
 // the hijacked connection (the hijackWriter and releasingConn Upgrade
 // uses), or to the handler's return when next does not hijack.
-func serveHolding(next http.Handler, w http.ResponseWriter, r *http.Request, d *policy.Decision) {
+func serveHolding(next http.Handler, w http.ResponseWriter, r *http.Request, d *policy.Decision, m *messages.Meter) {
 	// The releasingConn is an allocation of its own, not part of the
 	// writer: the connection must not keep the response and request
 	// reachable for its lifetime, nor delay its runtime cleanup.
-	mw := &middlewareWriter{hijackWriter{ResponseWriter: w, nc: &releasingConn{d: d}}}
+	mw := &middlewareWriter{hijackWriter{ResponseWriter: w, nc: &releasingConn{d: d, m: m}}}
 	defer func() {
 		hijacked := mw.nc.Conn != nil
 		if p := recover(); p != nil {
 			if hijacked {
 				_ = mw.nc.Close()
 			}
-			d.Release()
+			mw.nc.release()
 			panic(p)
 		}
 		if !hijacked {
-			d.Release()
+			mw.nc.release()
 		}
 	}()
 	next.ServeHTTP(mw, r)

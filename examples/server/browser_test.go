@@ -203,6 +203,7 @@ func TestBrowserDemo(t *testing.T) {
 		}
 	}
 
+	checkFlood(t, bctx, adm.URL)
 	// The page's limits come from the running policy: a reload to a cap
 	// of 3 per address changes its text at the next poll.
 	np, err := policy.Parse(bytes.Replace(defaultPolicy, []byte("connections: 5 "), []byte("connections: 3 "), 1), "policy-3.yaml")
@@ -220,6 +221,74 @@ func TestBrowserDemo(t *testing.T) {
 
 	stop()
 	t.Logf("browser test took %v", time.Since(began).Round(time.Millisecond))
+}
+
+// floodCard is the page's flood card as the test reads it.
+type floodCard struct {
+	State   string `json:"state"`
+	Code    string `json:"code"`
+	Echoed  int    `json:"echoed"`
+	Elapsed int    `json:"elapsed"` // ms since before the WebSocket was created
+}
+
+// checkFlood presses "Flood" and "Send 100 KiB" (messages limits, issue
+// 19). The demo policy throttles a connection to 20 messages a second,
+// bursts of 20: every sample of the page must show at most 20 +
+// 20*elapsed (+1) echoes, elapsed counted from before the WebSocket
+// existed, so a slow machine can only show fewer; the echoes must go on
+// past the burst. The 100 KiB message must be closed with 1009.
+func checkFlood(t *testing.T, ctx context.Context, admin string) {
+	t.Helper()
+	read := func() floodCard {
+		c, err := chromedp.Run(ctx, chromedp.Evaluate[floodCard](`(() => {
+			const d = document.getElementById("floodCard").dataset;
+			return {state: d.state || "", code: d.code || "", echoed: +(d.echoed || 0), elapsed: +(d.elapsed || 0)};
+		})()`))
+		if err != nil {
+			t.Fatalf("read the flood card: %v", err)
+		}
+		return c
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("flood"))); err != nil {
+		t.Fatalf("click Flood: %v", err)
+	}
+	var c floodCard
+	waitFor(t, ctx, time.Minute, "50 echoes of the flood, within 20 + 20/s", func() (bool, string) {
+		c = read()
+		if limit := 20 + 20*float64(c.Elapsed)/1000 + 1; float64(c.Echoed) > limit {
+			t.Fatalf("flood: %d echoes after %d ms, over the throttle's %.1f", c.Echoed, c.Elapsed, limit)
+		}
+		return c.Echoed >= 50, fmt.Sprintf("%+v", c)
+	})
+	t.Logf("flood: %d echoes after %d ms (throttle: at most %.0f)", c.Echoed, c.Elapsed, 20+20*float64(c.Elapsed)/1000)
+	if png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
+		if dir := os.Getenv("WSLIMIT_ARTIFACTS"); dir != "" {
+			_ = os.WriteFile(filepath.Join(dir, "demo-flood.png"), png, 0o644)
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("tooBig"))); err != nil {
+		t.Fatalf("click Send 100 KiB: %v", err)
+	}
+	waitFor(t, ctx, time.Minute, "the 100 KiB message closed with 1009", func() (bool, string) {
+		c = read()
+		return c.State == "closed" && c.Code == "1009", fmt.Sprintf("%+v", c)
+	})
+	status, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("floodStatus").textContent`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(status, "1009 Message Too Big max_size: message over 65536 bytes") {
+		t.Errorf("flood status: %q", status)
+	}
+	metrics := get(t, admin+"/metrics")
+	for _, want := range []string{
+		`wslimit_messages_limited_total{action="throttle",limit="per-connection",reason="messages"} `,
+		`wslimit_message_closes_total{limit="max_size",reason="size"} 1`,
+	} {
+		if !strings.Contains(metrics, "\n"+want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }
 
 // attemptRow is one row of the page's attempts table.

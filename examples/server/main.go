@@ -272,6 +272,7 @@ func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard
 	if err != nil {
 		return nil, nil, err
 	}
+	reg.MustRegister(prom.NewMessagesCollector(g.Messages(), prom.Options{})) // messages limits (issue 19)
 	return g, reg, nil
 }
 
@@ -313,7 +314,7 @@ func newLiveMux(g *ws.Guard, reg *prometheus.Registry, live *liveConns) *http.Se
 		defer conn.Close() // releases every slot this connection holds
 		live.add(conn)
 		defer live.remove(conn)
-		conn.SetReadLimit(64 << 10)
+		conn.SetReadLimit(1 << 20) // a backstop: the policy's messages.max_size refuses first, with a reason
 		for {
 			mt, msg, err := conn.ReadMessage()
 			if err != nil {
