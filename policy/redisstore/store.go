@@ -57,10 +57,11 @@ type FailMode uint8
 
 // The failure modes, as written in the policy's on_error.
 const (
-	// FailLocal admits within this instance's share of each limit: a cap
-	// divided by the live instances (rounded up) less the leases this
-	// instance holds under it, and a bucket's rate and burst divided the
-	// same way (through Options.Fallback).
+	// FailLocal admits under a cap only into slots that Redis still
+	// counts for this instance (connections of the same key released while
+	// Redis could not hear it), so the fleet never holds more than Redis
+	// counted; a bucket gets this instance's share of its rate and burst
+	// among the live instances (through Options.Fallback).
 	FailLocal FailMode = iota
 	// FailAllow admits without limits.
 	FailAllow
@@ -487,8 +488,8 @@ func (s *Store) member(id uint64) string {
 // When Redis fails, times out (Options.Timeout), the breaker is open, or
 // the sync does not finish in time, Admit applies Options.OnError and
 // returns no error: FailAllow admits, FailDeny refuses with
-// policy.ReasonStoreError, FailLocal admits within this instance's share
-// of each limit (see docs/operations-redis.md). An error is returned only
+// policy.ReasonStoreError, FailLocal admits as its documentation says (see
+// docs/operations-redis.md). An error is returned only
 // when ctx ends first, when the Fallback fails, or after Close or
 // Shutdown; nothing is held then.
 func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim) (policy.Lease, policy.Verdict, error) {
