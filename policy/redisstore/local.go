@@ -112,17 +112,29 @@ func (s *Store) admitLocal(ctx context.Context, now time.Time, claims []policy.C
 	return policy.Lease{ID: id}, policy.Verdict{OK: true}, nil
 }
 
-// takeCreditLocked takes a counted pending release of lease set key out of
-// the queue; s.mu is held.
+// takeCreditLocked takes a pending release of lease set key that Redis
+// still counts out of the queue: one never sent, or, while an outage is
+// flagged (the next sync starts a recovery, so that no instance admits
+// into a slot whose removal did run before this instance has registered
+// its leases), one sent once; s.mu is held.
 func (s *Store) takeCreditLocked(key string) (slot, bool) {
-	if s.credit[key] <= 0 {
+	sent := false
+	switch {
+	case s.credit[key] > 0:
+	case s.maybe[key] > 0 && s.outage.Load():
+		sent = true
+	default:
 		return slot{}, false
 	}
 	for i := len(s.pending) - 1; i >= 0; i-- {
-		if sl := s.pending[i]; sl.counted && sl.key == key {
+		if sl := s.pending[i]; sl.counted && sl.sent == sent && sl.key == key {
 			s.pending = append(s.pending[:i], s.pending[i+1:]...)
-			if s.credit[key]--; s.credit[key] <= 0 {
-				delete(s.credit, key)
+			m := s.credit
+			if sent {
+				m = s.maybe
+			}
+			if m[key]--; m[key] <= 0 {
+				delete(m, key)
 			}
 			return sl, true
 		}

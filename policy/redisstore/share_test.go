@@ -80,6 +80,15 @@ func localOutage(t *testing.T, capN int, fill [3]int) {
 	if got := burst(t, stores, capped); got[0]+got[1]+got[2] != 0 {
 		t.Fatalf("outage burst admitted %v under a full count of %d (cap %d) with no slot released", got, total, capN)
 	}
+	// Released with the breaker open, so that no removal is sent (one
+	// sent and failed might have run: it gives nothing to take over).
+	for !stores[0].Snapshot().BreakerOpen {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("breaker never opened: %+v", stores[0].Snapshot())
+		}
+		_, _, _ = stores[0].Admit(ctx, time.Now(), []policy.Claim{conns("probe", "p", 1<<20)})
+		time.Sleep(5 * time.Millisecond)
+	}
 	for _, l := range held[0][:3] {
 		if err := stores[0].Release(ctx, l, capped); err != nil {
 			t.Fatal(err)

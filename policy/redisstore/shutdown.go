@@ -72,5 +72,6 @@ func (s *Store) takeAll() []*lease {
 	}
 	clear(s.leases)
 	clear(s.credit)
+	clear(s.maybe)
 	return recs
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime"
 	"strconv"
 	"strings"
@@ -185,7 +186,8 @@ type Store struct {
 	mu      sync.Mutex
 	leases  map[uint64]*lease // live leases with slots
 	pending []slot            // releases to retry
-	credit  map[string]int    // pending releases per lease set that Redis surely still counts (slot.counted)
+	credit  map[string]int    // pending releases per lease set that Redis surely still counts (counted, not sent)
+	maybe   map[string]int    // the same, counted and sent once (see slot)
 	syncing int               // syncs between plan and their outcome
 
 	emu      sync.Mutex
@@ -233,11 +235,13 @@ type connSlot struct {
 // slot is one member to remove from one lease set.
 type slot struct {
 	key, member string
-	// counted: Redis surely still counts the member, as its removal was
-	// never sent (the breaker was open, or no pooled connection came). Only
-	// such a slot may be taken over by a local admission (see admitLocal):
-	// a removal that was sent and failed may still have run.
-	counted bool
+	// counted: Redis counted the member when its removal was queued. sent:
+	// a removal was sent and failed, so it may have run all the same (a
+	// timeout, a connection broken after the write). A local admission
+	// takes over a counted slot never sent, or, once the breaker has opened
+	// (then the next sync starts a recovery), a counted slot sent (see
+	// admitLocal).
+	counted, sent bool
 }
 
 // New returns a Store on client. It loads the scripts and starts the lease
@@ -279,6 +283,7 @@ func New(ctx context.Context, client redis.UniversalClient, opts Options) (*Stor
 		slots:    make(chan struct{}, pool),
 		leases:   make(map[uint64]*lease),
 		credit:   make(map[string]int),
+		maybe:    make(map[string]int),
 		done:     make(chan struct{}),
 	}
 	s.grace = o.RefreshInterval + o.BreakerCooldown + s.budget
@@ -669,12 +674,12 @@ func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Cla
 	}
 	ctx = context.WithoutCancel(ctx)
 	if !s.br.allow(time.Now()) {
-		s.queueSlots(drop, true)
+		s.queueSlots(drop, false)
 		return err
 	}
 	if !s.acquire(ctx) {
 		s.br.abandon(time.Now())
-		s.queueSlots(drop, true)
+		s.queueSlots(drop, false)
 		return err
 	}
 	defer s.releaseSlot()
@@ -689,7 +694,7 @@ func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Cla
 	s.lat.observe(time.Since(t0))
 	cancel()
 	if rerr != nil {
-		s.queueSlots(drop, false)
+		s.queueSlots(drop, !notDialed(rerr))
 		s.failed("release", rerr)
 		return err
 	}
@@ -783,12 +788,12 @@ func (s *Store) untrack(id uint64) (*lease, []slot) {
 	return rec, drop
 }
 
-// queueSlots keeps slots for removal at the next sync. notSent says that
-// no removal of them reached Redis, so the counted ones stay counted.
-func (s *Store) queueSlots(drop []slot, notSent bool) {
+// queueSlots keeps slots for removal at the next sync; sent says that a
+// removal of them was sent and failed.
+func (s *Store) queueSlots(drop []slot, sent bool) {
 	s.mu.Lock()
 	for _, sl := range drop {
-		sl.counted = sl.counted && notSent
+		sl.sent = sl.sent || sent
 		s.queueLocked(sl)
 	}
 	s.mu.Unlock()
@@ -810,8 +815,11 @@ func (s *Store) queueLocked(sl slot) {
 		return
 	}
 	s.pending = append(s.pending, sl)
-	if sl.counted {
+	switch {
+	case sl.counted && !sl.sent:
 		s.credit[sl.key]++
+	case sl.counted:
+		s.maybe[sl.key]++
 	}
 }
 
@@ -821,6 +829,7 @@ func (s *Store) takePendingLocked() []slot {
 	p := s.pending
 	s.pending = nil
 	clear(s.credit)
+	clear(s.maybe)
 	return p
 }
 
@@ -839,3 +848,10 @@ func (s *Store) acquire(ctx context.Context) bool {
 }
 
 func (s *Store) releaseSlot() { <-s.slots }
+
+// notDialed reports whether a call failed for want of a connection to
+// Redis (dialling failed), so that nothing of it reached Redis.
+func notDialed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}

@@ -160,7 +160,7 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 		return nil
 	}
 	if !s.acquireFor(ctx, s.budget) {
-		s.requeue(plan.pend, true)
+		s.requeue(plan.pend, false)
 		return errors.New("redisstore: no connection for the sync")
 	}
 	t0 := time.Now()
@@ -171,7 +171,7 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 	s.lat.observe(time.Since(t0))
 	s.releaseSlot()
 	if err != nil {
-		s.requeue(plan.pend, false)
+		s.requeue(plan.pend, !notDialed(err))
 		if s.ctx.Err() != nil && ctx.Err() != nil {
 			s.br.abandon(time.Now()) // Close cut the call short
 			return err
@@ -227,10 +227,9 @@ func (s *Store) syncDone() {
 	s.mu.Unlock()
 }
 
-// requeue puts back the releases of a failed sync; notSent as in
-// queueSlots.
-func (s *Store) requeue(pend []slot, notSent bool) {
-	s.queueSlots(pend, notSent)
+// requeue puts back the releases of a failed sync; sent as in queueSlots.
+func (s *Store) requeue(pend []slot, sent bool) {
+	s.queueSlots(pend, sent)
 }
 
 // exec sends the plan as one pipeline, with EVAL instead of EVALSHA when
