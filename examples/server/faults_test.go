@@ -303,6 +303,15 @@ func cutOffProcs(t *testing.T, bin string) {
 
 	px.setCut(false)
 	healedAt := time.Now()
+	defer func() {
+		if t.Failed() {
+			for _, line := range strings.Split(f.inst[2].out.String(), "\n") {
+				if strings.Contains(line, "redisstore") || strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+					t.Log("cut instance: " + line)
+				}
+			}
+		}
+	}()
 	took := waitCount(t, rdb, key, f.live.Load, 15*time.Second)
 	t.Logf("healed: Redis counted all %d live (cap %d) %v after the proxy was restored", f.live.Load(), capN, took.Round(time.Millisecond))
 	for k := range f.inst {

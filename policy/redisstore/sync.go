@@ -160,6 +160,7 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 		return nil
 	}
 	if !s.acquireFor(ctx, s.budget) {
+		s.br.abandon(time.Now()) // a probe without a connection tells nothing: hand it on
 		s.requeue(plan.pend, false)
 		return errors.New("redisstore: no connection for the sync")
 	}
