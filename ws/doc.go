@@ -45,6 +45,11 @@
 //
 // # Concurrency
 //
+// Guard.Shutdown is the graceful stop: handshakes get 503 from then on,
+// the store's Shutdown (the Redis store has one) gives every slot back in
+// one batched call, and every live WebSocket of the guard gets a close
+// frame with 1001 Going Away.
+//
 // A Guard is safe for concurrent use. A Conn follows gorilla's rules: one
 // concurrent reader and one concurrent writer; Close may be called from any
 // goroutine, any number of times.

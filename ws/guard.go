@@ -111,6 +111,8 @@ type Guard struct {
 	closing   int                // refused connections being closed
 	closingIP map[netip.Addr]int // the same per client address; entries only while > 0
 	wg        sync.WaitGroup
+
+	live liveSet // upgraded connections, for Shutdown
 }
 
 // New returns a Guard enforcing p.
@@ -210,6 +212,9 @@ func (c *Conn) Decision() *policy.Decision { return c.d }
 // answered by the Upgrader before any rule is evaluated: they spend no
 // token, hold no slot and count as neither admission nor rejection.
 func (g *Guard) Upgrade(w http.ResponseWriter, r *http.Request, responseHeader http.Header) (*Conn, error) {
+	if g.refuseShutdown(w) {
+		return nil, ErrShutdown
+	}
 	if status, _ := checkHandshake(r); status != 0 || !g.checkOrigin(r) {
 		return nil, g.refuseUpgrade(w, r, responseHeader)
 	}
@@ -248,6 +253,7 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 		}
 		gc := &Conn{Conn: c, d: d}
 		g.startKeepalive(gc)
+		g.track(gc)
 		return gc, nil
 	}
 	gc := &Conn{d: d, m: m}
@@ -264,6 +270,7 @@ func (g *Guard) upgrade(w http.ResponseWriter, r *http.Request, responseHeader h
 	}
 	gc.Conn = c
 	g.startKeepalive(gc)
+	g.track(gc)
 	return gc, nil
 }
 

@@ -113,6 +113,9 @@ func (mw *middlewareWriter) Flush() {
 // upgrade (Release is idempotent: later calls do nothing), and upgrades
 // with d.Protocols as the Sec-WebSocket-Protocol offer when it is not nil.
 func (g *Guard) Admit(w http.ResponseWriter, r *http.Request) (*policy.Decision, bool) {
+	if g.refuseShutdown(w) {
+		return shutdownDecision(), false
+	}
 	d := g.lim.Admit(r.Context(), r)
 	if !d.Allowed {
 		g.logReject(r, d)

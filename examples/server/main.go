@@ -23,7 +23,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -89,11 +88,10 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 		return err
 	}
 	defer g.Close()
-	live := &liveConns{m: map[*ws.Conn]struct{}{}}
 
 	// Listen before serving so that a busy port fails the start, and the
 	// log line names the real address (":0" picks a free port).
-	servers := []*http.Server{newServer(newLiveMux(g, reg, live))}
+	servers := []*http.Server{newServer(newMux(g, reg))}
 	lns := make([]net.Listener, 0, 2)
 	ln, err := listen(addr, p, reg, log)
 	if err != nil {
@@ -144,12 +142,19 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// The guard first: handshakes get 503 from now on, every slot goes
+	// back in one batched call (the other instances can use the capacity
+	// at once), and the WebSockets are told to reconnect elsewhere (1001
+	// Going Away). Then the HTTP servers stop.
+	if err := g.Shutdown(shutdown); err != nil {
+		log.Warn("guard shutdown", "error", err)
+	}
 	for _, srv := range servers {
 		if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) && serveErr == nil {
 			serveErr = err
 		}
 	}
-	release(shutdown, store, live, log)
+	log.Info("wslimit demo stopped")
 	return serveErr
 }
 
@@ -183,62 +188,6 @@ func listen(addr string, p *policy.Policy, reg *prometheus.Registry, log *slog.L
 	reg.MustRegister(prom.NewListenerCollector(capped, prom.Options{}))
 	log.Info("wslimit listener caps", "per_ip", lim.PerIP, "per_subnet", lim.PerSubnet, "global", lim.Global, "rate_per_second", float64(lim.Rate))
 	return capped, nil
-}
-
-// release runs once no handshake comes in any more: it gives every slot
-// back at once, so that the other instances can use the capacity, then
-// tells the clients to reconnect elsewhere (1001 Going Away); their
-// releases find nothing left.
-func release(ctx context.Context, store policy.Store, live *liveConns, log *slog.Logger) {
-	if rs, ok := store.(*redisstore.Store); ok {
-		if err := rs.Shutdown(ctx); err != nil {
-			log.Warn("releasing slots at shutdown", "error", err)
-		}
-	}
-	n := live.closeAll("server shutting down")
-	log.Info("wslimit demo stopped", "closed_connections", n)
-}
-
-// liveConns is the demo's set of open WebSockets, closed with 1001 Going
-// Away at shutdown.
-type liveConns struct {
-	mu sync.Mutex
-	m  map[*ws.Conn]struct{}
-}
-
-func (l *liveConns) add(c *ws.Conn) {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	l.m[c] = struct{}{}
-	l.mu.Unlock()
-}
-
-func (l *liveConns) remove(c *ws.Conn) {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	delete(l.m, c)
-	l.mu.Unlock()
-}
-
-// closeAll sends every connection a close frame with 1001 and closes it;
-// it returns how many it closed.
-func (l *liveConns) closeAll(reason string) int {
-	l.mu.Lock()
-	conns := make([]*ws.Conn, 0, len(l.m))
-	for c := range l.m {
-		conns = append(conns, c)
-	}
-	l.mu.Unlock()
-	msg := websocket.FormatCloseMessage(websocket.CloseGoingAway, reason)
-	for _, c := range conns {
-		_ = c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-		c.Close()
-	}
-	return len(conns)
 }
 
 // newGuard returns the demo's guard, with a Prometheus observer registered
@@ -296,11 +245,7 @@ func newStore(p *policy.Policy, log *slog.Logger) (policy.Store, error) {
 // newMux serves the demo page on /, the guarded echo endpoint on /ws and
 // the page's aggregate counters on /stats (with the refusals counted in
 // reg's metrics).
-func newMux(g *ws.Guard, reg *prometheus.Registry) *http.ServeMux { return newLiveMux(g, reg, nil) }
-
-// newLiveMux is newMux keeping the open WebSockets in live (when not nil)
-// for the shutdown.
-func newLiveMux(g *ws.Guard, reg *prometheus.Registry, live *liveConns) *http.ServeMux {
+func newMux(g *ws.Guard, reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -312,8 +257,6 @@ func newLiveMux(g *ws.Guard, reg *prometheus.Registry, live *liveConns) *http.Se
 			return // the rejection or upgrade error is already written
 		}
 		defer conn.Close() // releases every slot this connection holds
-		live.add(conn)
-		defer live.remove(conn)
 		conn.SetReadLimit(1 << 20) // a backstop: the policy's messages.max_size refuses first, with a reason
 		for {
 			mt, msg, err := conn.ReadMessage()

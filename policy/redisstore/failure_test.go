@@ -151,9 +151,9 @@ func TestOnErrorModes(t *testing.T) {
 					}
 				}
 			case "local":
-				// The local share of cap 2 on the one live instance is 2,
-				// and this instance already holds both slots (admitted
-				// through Redis): local refuses them all.
+				// This instance holds both slots of cap 2 (admitted
+				// through Redis) and released none: local has no slot to
+				// take over and refuses them all.
 				for i, v := range verdicts {
 					if v.OK || v.Reason != policy.ReasonConnections {
 						t.Fatalf("call %d: %+v, want refused by the local share", i, v)

@@ -269,7 +269,9 @@ return out
 // have expired): the others' leases may have expired too, so it starts a
 // recovery as after a loss.
 //
-// Returns {epoch, sequence, live instances, data lost (0/1), recovering (0/1)}.
+// Returns {epoch, sequence, live instances, data lost (0/1), recovering
+// (0/1), rank}: rank is the number of live instances whose id sorts before
+// the caller's (byte order), the order in which shares' remainders go.
 const syncSrc = `
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -308,6 +310,10 @@ else
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local live = redis.call('ZCARD', KEYS[4])
+local rank = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  if m < inst then rank = rank + 1 end
+end
 local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
 if last[2] then redis.call('PEXPIREAT', KEYS[4], last[2]) end
 
@@ -329,7 +335,7 @@ end
 redis.call('PEXPIRE', KEYS[2], meta)
 local rec = 0
 if untl then rec = 1 end
-return {e, seq, live, lost, rec}
+return {e, seq, live, lost, rec, rank}
 `
 
 // scripts are the compiled scripts; redis.Script caches the SHA so calls go

@@ -68,8 +68,10 @@ func (s *Store) takeAll() []*lease {
 		for _, c := range rec.conns {
 			s.pending = append(s.pending, slot{key: c.key, member: rec.member})
 		}
+		s.pending = append(s.pending, rec.took...)
 	}
 	clear(s.leases)
-	clear(s.held)
+	clear(s.credit)
+	clear(s.maybe)
 	return recs
 }

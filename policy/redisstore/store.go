@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime"
 	"strconv"
 	"strings"
@@ -57,10 +58,11 @@ type FailMode uint8
 
 // The failure modes, as written in the policy's on_error.
 const (
-	// FailLocal admits within this instance's share of each limit: a cap
-	// divided by the live instances (rounded up) less the leases this
-	// instance holds under it, and a bucket's rate and burst divided the
-	// same way (through Options.Fallback).
+	// FailLocal admits under a cap only into slots that Redis still
+	// counts for this instance (connections of the same key released while
+	// Redis could not hear it), so the fleet never holds more than Redis
+	// counted; a bucket gets this instance's share of its rate and burst
+	// among the live instances (through Options.Fallback).
 	FailLocal FailMode = iota
 	// FailAllow admits without limits.
 	FailAllow
@@ -183,8 +185,10 @@ type Store struct {
 
 	mu      sync.Mutex
 	leases  map[uint64]*lease // live leases with slots
-	held    map[string]int    // live leases of this instance per lease set
 	pending []slot            // releases to retry
+	credit  map[string]int    // pending releases per lease set that Redis surely still counts (counted, not sent)
+	maybe   map[string]int    // the same, counted and sent once (see slot)
+	syncing int               // syncs between plan and their outcome
 
 	emu      sync.Mutex
 	ep       epochState
@@ -193,6 +197,7 @@ type Store struct {
 	lastSync atomic.Int64  // unix ms of the last successful sync
 	outage   atomic.Bool   // Redis was out of reach since the last sync
 	fleet    atomic.Int64  // live instances at the last sync
+	rank     atomic.Int64  // this instance's place among them, by id (for shares)
 	fmu      sync.Mutex
 	flight   *syncFlight // the sync under way, if any
 
@@ -215,6 +220,11 @@ type lease struct {
 	fb       bool       // admitted by the fallback store
 	fbLease  policy.Lease
 	fbClaims []policy.Claim // the share claims given to the fallback
+	// took are the slots of released leases that this lease, admitted by
+	// on_error local, took over: Redis still counts their members in
+	// place of this lease's own until a sync registers it and removes them
+	// in the same round trip.
+	took []slot
 }
 
 // connSlot is one lease set a lease belongs to.
@@ -225,6 +235,13 @@ type connSlot struct {
 // slot is one member to remove from one lease set.
 type slot struct {
 	key, member string
+	// counted: Redis counted the member when its removal was queued. sent:
+	// a removal was sent and failed, so it may have run all the same (a
+	// timeout, a connection broken after the write). A local admission
+	// takes over a counted slot never sent, or, once the breaker has opened
+	// (then the next sync starts a recovery), a counted slot sent (see
+	// admitLocal).
+	counted, sent bool
 }
 
 // New returns a Store on client. It loads the scripts and starts the lease
@@ -265,7 +282,8 @@ func New(ctx context.Context, client redis.UniversalClient, opts Options) (*Stor
 		br:       breaker{threshold: o.BreakerFailures, cooldown: o.BreakerCooldown},
 		slots:    make(chan struct{}, pool),
 		leases:   make(map[uint64]*lease),
-		held:     make(map[string]int),
+		credit:   make(map[string]int),
+		maybe:    make(map[string]int),
 		done:     make(chan struct{}),
 	}
 	s.grace = o.RefreshInterval + o.BreakerCooldown + s.budget
@@ -475,8 +493,8 @@ func (s *Store) member(id uint64) string {
 // When Redis fails, times out (Options.Timeout), the breaker is open, or
 // the sync does not finish in time, Admit applies Options.OnError and
 // returns no error: FailAllow admits, FailDeny refuses with
-// policy.ReasonStoreError, FailLocal admits within this instance's share
-// of each limit (see docs/operations-redis.md). An error is returned only
+// policy.ReasonStoreError, FailLocal admits as its documentation says (see
+// docs/operations-redis.md). An error is returned only
 // when ctx ends first, when the Fallback fails, or after Close or
 // Shutdown; nothing is held then.
 func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim) (policy.Lease, policy.Verdict, error) {
@@ -563,7 +581,7 @@ func (s *Store) decide(ctx context.Context, rec *lease, claims []policy.Claim) (
 		if err != nil {
 			// The script may have run before the reply was lost: take the
 			// member back (its tokens stay spent, which errs toward fewer).
-			s.queueRelease(rec)
+			s.queueRelease(rec, false)
 			if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 				s.br.abandon(time.Now())
 			} else {
@@ -641,7 +659,7 @@ func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, arg
 func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Claim) error {
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
-	rec := s.untrack(l.ID)
+	rec, drop := s.untrack(l.ID)
 	if rec == nil {
 		return nil
 	}
@@ -651,24 +669,24 @@ func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Cla
 			err = fmt.Errorf("redisstore: fallback release: %w", e)
 		}
 	}
-	if len(rec.conns) == 0 {
+	if len(drop) == 0 {
 		return err
 	}
 	ctx = context.WithoutCancel(ctx)
 	if !s.br.allow(time.Now()) {
-		s.queueRelease(rec)
+		s.queueSlots(drop, false)
 		return err
 	}
 	if !s.acquire(ctx) {
 		s.br.abandon(time.Now())
-		s.queueRelease(rec)
+		s.queueSlots(drop, false)
 		return err
 	}
 	defer s.releaseSlot()
-	keys := make([]string, len(rec.conns))
-	args := make([]any, len(rec.conns))
-	for i, c := range rec.conns {
-		keys[i], args[i] = c.key, rec.member
+	keys := make([]string, len(drop))
+	args := make([]any, len(drop))
+	for i, sl := range drop {
+		keys[i], args[i] = sl.key, sl.member
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	t0 := time.Now()
@@ -676,7 +694,7 @@ func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Cla
 	s.lat.observe(time.Since(t0))
 	cancel()
 	if rerr != nil {
-		s.queueRelease(rec)
+		s.queueSlots(drop, !notDialed(rerr))
 		s.failed("release", rerr)
 		return err
 	}
@@ -739,37 +757,54 @@ func (s *Store) Snapshot() Stats {
 func (s *Store) track(id uint64, rec *lease, ep epochState) {
 	s.mu.Lock()
 	s.leases[id] = rec
-	for _, c := range rec.conns {
-		s.held[c.key]++
-	}
 	s.mu.Unlock()
 	if ep.gen != s.epoch().gen {
 		s.resyncNeeded("admit raced a sync")
 	}
 }
 
-// untrack forgets a live lease and returns it (nil if it was not live).
-func (s *Store) untrack(id uint64) *lease {
+// untrack forgets a live lease and returns it (nil if it was not live),
+// with the slots its release removes: its own member in each lease set
+// (counted when Redis admitted or registered it) and the slots it took
+// over (counted: see lease.took).
+func (s *Store) untrack(id uint64) (*lease, []slot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rec := s.leases[id]
 	if rec == nil {
-		return nil
+		return nil, nil
 	}
 	delete(s.leases, id)
+	drop := make([]slot, 0, len(rec.conns)+len(rec.took))
 	for _, c := range rec.conns {
-		if s.held[c.key]--; s.held[c.key] <= 0 {
-			delete(s.held, c.key)
-		}
+		drop = append(drop, slot{key: c.key, member: rec.member, counted: rec.inRedis})
 	}
-	return rec
+	for _, sl := range rec.took {
+		// A sync under way may be removing it: no longer sure.
+		sl.counted = s.syncing == 0
+		drop = append(drop, sl)
+	}
+	rec.took = nil
+	return rec, drop
 }
 
-// queueRelease keeps the lease's members for removal at the next refresh.
-func (s *Store) queueRelease(rec *lease) {
+// queueSlots keeps slots for removal at the next sync; sent says that a
+// removal of them was sent and failed.
+func (s *Store) queueSlots(drop []slot, sent bool) {
+	s.mu.Lock()
+	for _, sl := range drop {
+		sl.sent = sl.sent || sent
+		s.queueLocked(sl)
+	}
+	s.mu.Unlock()
+}
+
+// queueRelease keeps the lease's members for removal at the next refresh;
+// counted says that Redis surely still counts them (see slot).
+func (s *Store) queueRelease(rec *lease, counted bool) {
 	s.mu.Lock()
 	for _, c := range rec.conns {
-		s.queueLocked(slot{key: c.key, member: rec.member})
+		s.queueLocked(slot{key: c.key, member: rec.member, counted: counted})
 	}
 	s.mu.Unlock()
 }
@@ -780,6 +815,22 @@ func (s *Store) queueLocked(sl slot) {
 		return
 	}
 	s.pending = append(s.pending, sl)
+	switch {
+	case sl.counted && !sl.sent:
+		s.credit[sl.key]++
+	case sl.counted:
+		s.maybe[sl.key]++
+	}
+}
+
+// takePendingLocked removes and returns every pending release; s.mu is
+// held.
+func (s *Store) takePendingLocked() []slot {
+	p := s.pending
+	s.pending = nil
+	clear(s.credit)
+	clear(s.maybe)
+	return p
 }
 
 // acquire takes one of the pool's connections for a call, waiting at most
@@ -797,3 +848,10 @@ func (s *Store) acquire(ctx context.Context) bool {
 }
 
 func (s *Store) releaseSlot() { <-s.slots }
+
+// notDialed reports whether a call failed for want of a connection to
+// Redis (dialling failed), so that nothing of it reached Redis.
+func notDialed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}

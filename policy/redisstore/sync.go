@@ -145,7 +145,8 @@ type syncPlan struct {
 	groups map[string][]string // lease set key → live members
 	recs   []*lease            // the live leases read
 	pend   []slot
-	outage bool // this instance could not reach Redis since its last sync
+	took   []slot // the slots the live leases took over, removed as they are registered
+	outage bool   // this instance could not reach Redis since its last sync
 }
 
 // syncOnce sends, in one round trip: the epoch check and heartbeat
@@ -154,11 +155,13 @@ type syncPlan struct {
 func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 	gen := s.want.Load()
 	plan := s.plan(mode)
+	defer s.syncDone()
 	if mode == syncPending && len(plan.pend) == 0 {
 		return nil
 	}
 	if !s.acquireFor(ctx, s.budget) {
-		s.requeue(plan.pend)
+		s.br.abandon(time.Now()) // a probe without a connection tells nothing: hand it on
+		s.requeue(plan.pend, false)
 		return errors.New("redisstore: no connection for the sync")
 	}
 	t0 := time.Now()
@@ -169,7 +172,7 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 	s.lat.observe(time.Since(t0))
 	s.releaseSlot()
 	if err != nil {
-		s.requeue(plan.pend)
+		s.requeue(plan.pend, !notDialed(err))
 		if s.ctx.Err() != nil && ctx.Err() != nil {
 			s.br.abandon(time.Now()) // Close cut the call short
 			return err
@@ -204,6 +207,7 @@ func (s *Store) plan(mode syncMode) syncPlan {
 	if mode == syncRefresh {
 		for _, rec := range s.leases {
 			p.recs = append(p.recs, rec)
+			p.took = append(p.took, rec.took...)
 			for _, c := range rec.conns {
 				if _, ok := p.groups[c.key]; !ok {
 					p.order = append(p.order, c.key)
@@ -212,16 +216,21 @@ func (s *Store) plan(mode syncMode) syncPlan {
 			}
 		}
 	}
-	p.pend, s.pending = s.pending, nil
+	p.pend = s.takePendingLocked()
+	s.syncing++
 	return p
 }
 
-func (s *Store) requeue(pend []slot) {
+// syncDone ends what plan started: the sync is over.
+func (s *Store) syncDone() {
 	s.mu.Lock()
-	for _, sl := range pend {
-		s.queueLocked(sl)
-	}
+	s.syncing--
 	s.mu.Unlock()
+}
+
+// requeue puts back the releases of a failed sync; sent as in queueSlots.
+func (s *Store) requeue(pend []slot, sent bool) {
+	s.queueSlots(pend, sent)
 }
 
 // exec sends the plan as one pipeline, with EVAL instead of EVALSHA when
@@ -262,7 +271,7 @@ func (s *Store) exec(ctx context.Context, plan syncPlan, eval bool) (head *redis
 		}
 	}
 	flush()
-	for rest := plan.pend; len(rest) > 0; {
+	for rest := append(plan.took, plan.pend...); len(rest) > 0; {
 		take := min(len(rest), refreshChunk)
 		keys := make([]string, take)
 		args := make([]any, take)
@@ -295,10 +304,10 @@ func (s *Store) syncArgs(plan syncPlan) []any {
 }
 
 // readHead reads the syncSrc reply {epoch, sequence, instances, lost,
-// recovering} into the epoch state.
+// recovering, rank} into the epoch state.
 func (s *Store) readHead(head *redis.Cmd, plan syncPlan) error {
 	vals, err := head.Slice()
-	if err == nil && len(vals) != 5 {
+	if err == nil && len(vals) != 6 {
 		err = errors.New("redisstore: unexpected sync reply")
 	}
 	if err != nil {
@@ -309,6 +318,7 @@ func (s *Store) readHead(head *redis.Cmd, plan syncPlan) error {
 	live, _ := vals[2].(int64)
 	lost, _ := vals[3].(int64)
 	recovering, _ := vals[4].(int64)
+	rank, _ := vals[5].(int64)
 	s.emu.Lock()
 	changed := id != s.ep.id
 	if changed || lost == 1 {
@@ -318,6 +328,7 @@ func (s *Store) readHead(head *redis.Cmd, plan syncPlan) error {
 	s.emu.Unlock()
 	if plan.mode != syncLeave {
 		s.fleet.Store(max(live, 1))
+		s.rank.Store(rank)
 	}
 	if lost == 1 {
 		s.logs.event(s.log, evDataLost, slog.LevelWarn,
@@ -341,7 +352,7 @@ func (s *Store) readRegistrations(regs []*redis.Cmd, recs []*lease) {
 			m, _ := vals[i+1].(string)
 			missing[m] = true
 			if !s.liveLocked(m) {
-				s.queueLocked(slot{key: k, member: m})
+				s.queueLocked(slot{key: k, member: m, counted: true})
 			}
 		}
 	}
@@ -350,6 +361,7 @@ func (s *Store) readRegistrations(regs []*redis.Cmd, recs []*lease) {
 			lost++
 		}
 		rec.inRedis = true
+		rec.took = nil // removed in the same round trip
 	}
 	added = uint64(len(missing))
 	s.mu.Unlock()
