@@ -5,6 +5,7 @@ import (
 
 	"github.com/wslimit/wslimit/keys/identity"
 	"github.com/wslimit/wslimit/policy/listener"
+	"github.com/wslimit/wslimit/policy/penalty"
 )
 
 // Config is a policy as written: the YAML file decodes into it, and Go
@@ -31,6 +32,9 @@ type Config struct {
 	// Listener caps TCP connections at accept (package policy/listener);
 	// nil means no listener caps.
 	Listener *listener.Config `yaml:"listener" json:"listener,omitempty"`
+	// Penalties ban keys that offend repeatedly (package policy/penalty);
+	// none by default.
+	Penalties []penalty.Config `yaml:"penalties" json:"penalties,omitempty"`
 }
 
 // ClientIPConfig says how the client address is taken from a request.

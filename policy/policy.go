@@ -95,14 +95,15 @@ type rule struct {
 // Policy is a validated, compiled policy. It is immutable and safe for
 // concurrent use; a reload builds a new Policy.
 type Policy struct {
-	cfg      Config
-	clientIP *keys.ClientIP
-	exempt   []netip.Prefix
-	rules    []rule
-	dryRun   bool
-	reject   RejectConfig // defaults filled in
-	jwt      *identity.JWT
-	listener *listener.Limits // nil without a listener section
+	cfg       Config
+	clientIP  *keys.ClientIP
+	exempt    []netip.Prefix
+	rules     []rule
+	dryRun    bool
+	reject    RejectConfig // defaults filled in
+	jwt       *identity.JWT
+	listener  *listener.Limits // nil without a listener section
+	penalties []penaltySpec    // penalties.go
 }
 
 // Config returns the configuration the policy was built from (with
@@ -161,6 +162,7 @@ func New(cfg Config) (*Policy, error) {
 	p.reject = compileReject(v, cfg.Reject)
 	p.dryRun = compileMode(v, cfg.Mode)
 	p.rules = compileRules(v, cfg, defaults)
+	p.penalties = compilePenalties(v, cfg, p.rules, p.dryRun)
 	p.listener = compileListener(v, cfg, parsePrefixes(&validator{}, "", cfg.ClientIP.TrustedProxies))
 	if len(v.errs) > 0 {
 		return nil, errors.Join(v.errs...)

@@ -20,12 +20,13 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/penalty"
 )
 
 // Close codes sent in close mode.
 const (
 	CloseTryAgainLater   = websocket.CloseTryAgainLater   // 1013: a cap or rate refused
-	ClosePolicyViolation = websocket.ClosePolicyViolation // 1008: a required identity is missing
+	ClosePolicyViolation = websocket.ClosePolicyViolation // 1008: a required identity is missing, or the key is banned
 )
 
 // closeLinger is how long a close-mode connection waits for the client's
@@ -82,6 +83,9 @@ type Options struct {
 	// whose peer stops answering or reading (see Keepalive); zero is off.
 	// It applies to Upgrade, not to Middleware.
 	Keepalive Keepalive
+	// Penalties holds the policy's penalty state (policy.Options.Penalties);
+	// nil means an engine of the Guard's own. Inspect lists its bans.
+	Penalties *penalty.Engine
 }
 
 // Guard admits WebSocket handshakes under a policy before upgrading them.
@@ -98,6 +102,7 @@ type Guard struct {
 	log     *rejectLog
 	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
 	ka      Keepalive // with defaults filled in; zero when off
+	pen     *penalty.Engine
 
 	mu        sync.Mutex // guards the close-path bounds; orders wg.Add before Close's wg.Wait
 	closed    bool
@@ -122,8 +127,13 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 	if store == nil {
 		store = policy.NewMemoryStore()
 	}
+	pen := opts.Penalties
+	if pen == nil {
+		pen = penalty.New(penalty.Options{Now: opts.Now, Logger: opts.Logger})
+	}
 	g := &Guard{
-		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
+		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer, Penalties: pen}),
+		pen:       pen,
 		store:     store,
 		ownStore:  opts.Store == nil,
 		up:        opts.Upgrader,
@@ -413,7 +423,7 @@ func WriteRejection(w http.ResponseWriter, d *policy.Decision) {
 // the 123 bytes a close frame allows.
 func CloseReason(d *policy.Decision) string {
 	s := fmt.Sprintf("%s: %s", d.Rule, d.Reason)
-	if d.Reason == policy.ReasonRate || d.Reason == policy.ReasonConnections {
+	if d.Reason == policy.ReasonRate || d.Reason == policy.ReasonConnections || d.Reason == policy.ReasonBanned {
 		s += fmt.Sprintf("; retry in %ds", RetryAfterSeconds(d.RetryAfter))
 	}
 	if len(s) > 123 {
@@ -433,7 +443,7 @@ func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.De
 		return
 	}
 	code := CloseTryAgainLater
-	if d.Reason == policy.ReasonMissing {
+	if d.Reason == policy.ReasonMissing || d.Reason == policy.ReasonBanned {
 		code = ClosePolicyViolation
 	}
 	deadline := time.Now().Add(closeLinger)

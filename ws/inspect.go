@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/penalty"
 )
 
 // DefaultInspectTop is how many keys per rule the inspection handler lists.
@@ -21,6 +22,8 @@ type Inspection struct {
 	Closing int `json:"closing"`
 	// Rules describes each rule of the live policy with its state.
 	Rules []RuleInspection `json:"rules"`
+	// Bans lists the bans in force, longest remaining first (at most top).
+	Bans []penalty.BanView `json:"bans,omitempty"`
 	// Policy is the live policy's configuration.
 	Policy policy.Config `json:"policy"`
 }
@@ -71,6 +74,9 @@ func (g *Guard) Inspect(top int) Inspection {
 			}
 		}
 		in.Rules = append(in.Rules, ri)
+	}
+	if top > 0 {
+		in.Bans = g.pen.Views(top)
 	}
 	return in
 }
