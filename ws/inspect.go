@@ -81,6 +81,10 @@ func (g *Guard) Inspect(top int) Inspection {
 	return in
 }
 
+// Penalties returns the engine holding the policy's bans (Options.Penalties
+// or the Guard's own): Ban, Unban and the admin Handler.
+func (g *Guard) Penalties() *penalty.Engine { return g.pen }
+
 func redactSession(s *policy.SessionConfig) *policy.SessionConfig {
 	if s == nil {
 		return nil
