@@ -15,6 +15,7 @@ import (
 type Offender struct {
 	at      time.Time
 	watches []watch
+	buf     [2]watch // the watches of up to two penalties, in the same allocation
 	closed  atomic.Bool
 }
 
@@ -31,6 +32,7 @@ type watch struct {
 func (t *Table) Track(o *Offender, at time.Time, k keys.Key, shortLived time.Duration, messages bool) *Offender {
 	if o == nil {
 		o = &Offender{at: at}
+		o.watches = o.buf[:0]
 	}
 	o.watches = append(o.watches, watch{t: t, k: k, shortLived: shortLived, messages: messages})
 	return o
