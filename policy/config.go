@@ -6,6 +6,7 @@ import (
 	"github.com/wslimit/wslimit/keys/identity"
 	"github.com/wslimit/wslimit/policy/listener"
 	"github.com/wslimit/wslimit/policy/messages"
+	"github.com/wslimit/wslimit/policy/penalty"
 )
 
 // Config is a policy as written: the YAML file decodes into it, and Go
@@ -35,6 +36,9 @@ type Config struct {
 	// Messages limits what admitted connections send: messages and bytes
 	// per period, message size (package policy/messages); nil means none.
 	Messages *messages.Config `yaml:"messages" json:"messages,omitempty"`
+	// Penalties ban keys that offend repeatedly (package policy/penalty);
+	// none by default.
+	Penalties []penalty.Config `yaml:"penalties" json:"penalties,omitempty"`
 }
 
 // ClientIPConfig says how the client address is taken from a request.

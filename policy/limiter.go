@@ -11,6 +11,7 @@ import (
 
 	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/keys/identity"
+	"github.com/wslimit/wslimit/policy/penalty"
 )
 
 // Options configure a Limiter. The zero value is usable: in-memory state,
@@ -26,6 +27,10 @@ type Options struct {
 	// Observer, when set, is told of every decision and every release
 	// (metrics); nil means none.
 	Observer Observer
+	// Penalties holds the state of the policy's penalties (bans, offence
+	// counts) and serves their Go and admin API; nil means an engine of
+	// the Limiter's own, without sharing. Build it with the same Now.
+	Penalties *penalty.Engine
 }
 
 // Observer is told of every decision and release, outside any lock. It
@@ -52,6 +57,7 @@ type Limiter struct {
 	// address over its rate is refused before any token is verified
 	// (refusals.go).
 	refused *refusals
+	pen     penalties // penalize.go
 }
 
 // NewLimiter returns a Limiter enforcing p.
@@ -63,6 +69,11 @@ func NewLimiter(p *Policy, opts Options) *Limiter {
 	if l.now == nil {
 		l.now = time.Now
 	}
+	l.pen.engine = opts.Penalties
+	if l.pen.engine == nil {
+		l.pen.engine = penalty.New(penalty.Options{Now: l.now, Logger: l.log})
+	}
+	l.pen.bind(p)
 	l.policy.Store(p)
 	return l
 }
@@ -74,7 +85,10 @@ func (l *Limiter) Policy() *Policy { return l.policy.Load() }
 // admitted before keep their slots and release them by the rule names they
 // were admitted under; stores keep state by rule name, so counts carry over
 // to a rule of the same name and a changed cap applies to new handshakes.
-func (l *Limiter) SetPolicy(p *Policy) { l.policy.Store(p) }
+func (l *Limiter) SetPolicy(p *Policy) {
+	l.pen.bind(p)
+	l.policy.Store(p)
+}
 
 // Decision is the outcome of one handshake's evaluation. When Allowed, it
 // may hold connection slots: Release frees them, exactly once however often
@@ -110,6 +124,11 @@ type Decision struct {
 	// selects and echoes a token. nil when the offer carries no token (use
 	// the request as it is); empty when no entry remains.
 	Protocols []string
+	// Offender follows an admitted connection for the penalties that count
+	// its behaviour (short_lived, messages): Release reports its close,
+	// and a message-limit check reports violations with
+	// Offender.Offend(penalty.KindMessage). nil when no penalty follows it.
+	Offender *penalty.Offender
 
 	l        *Limiter
 	p        *Policy
@@ -168,6 +187,7 @@ func (d *Decision) Release() bool {
 	if err := d.l.store.Release(ctx, d.lease, d.claims); err != nil && d.l.log != nil {
 		d.l.log.LogAttrs(ctx, slog.LevelWarn, "wslimit: release failed", slog.String("error", err.Error()))
 	}
+	d.Offender.Closed()
 	if d.l.obs != nil {
 		d.l.obs.Released(d)
 	}
@@ -189,10 +209,13 @@ func (d *Decision) Claims() []Claim {
 // is a result (Decision.Allowed false), not an error.
 func (l *Limiter) Admit(ctx context.Context, r *http.Request) *Decision {
 	if l.obs == nil {
-		return l.admit(ctx, r)
+		d := l.admit(ctx, r)
+		l.judge(r, d)
+		return d
 	}
 	start := time.Now()
 	d := l.admit(ctx, r)
+	l.judge(r, d)
 	l.obs.Decided(d, time.Since(start))
 	return d
 }
@@ -253,6 +276,10 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			return nil, false
 		}
 	}
+	// A banned address is refused before anything else (penalize.go).
+	if len(p.penalties) > 0 && d.banned(p, r, ip, ipErr == nil, nil) {
+		return nil, false
+	}
 	// Address rules first: a key known to be over its rate refuses before
 	// any token is verified (and before any store call); a store that can
 	// answer without I/O is asked about the address rules before any
@@ -286,6 +313,10 @@ func (d *Decision) collect(p *Policy, r *http.Request) ([]Claim, bool) {
 			claims = append(claims, rule.tier(&who))
 		}
 		claims[len(claims)-1].Key = k
+	}
+	// A banned token or cookie key is refused before any store call.
+	if len(p.penalties) > 0 && d.banned(p, r, ip, ipErr == nil, &who) {
+		return nil, false
 	}
 	return claims, true
 }

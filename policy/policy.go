@@ -99,14 +99,15 @@ type rule struct {
 // Policy is a validated, compiled policy. It is immutable and safe for
 // concurrent use; a reload builds a new Policy.
 type Policy struct {
-	cfg      Config
-	clientIP *keys.ClientIP
-	exempt   []netip.Prefix
-	rules    []rule
-	dryRun   bool
-	reject   RejectConfig // defaults filled in
-	jwt      *identity.JWT
-	listener *listener.Limits // nil without a listener section
+	cfg       Config
+	clientIP  *keys.ClientIP
+	exempt    []netip.Prefix
+	rules     []rule
+	dryRun    bool
+	reject    RejectConfig // defaults filled in
+	jwt       *identity.JWT
+	listener  *listener.Limits // nil without a listener section
+	penalties []penaltySpec    // penalties.go
 	// verifies is true when a rule's key or limits depend on a verified
 	// identity (a jwt or cookie key, or tiers).
 	verifies bool
@@ -175,6 +176,7 @@ func New(cfg Config) (*Policy, error) {
 	for i := range p.rules {
 		p.verifies = p.verifies || !p.rules[i].byAddress() || p.rules[i].tiers != nil
 	}
+	p.penalties = compilePenalties(v, cfg, p.rules, p.dryRun)
 	p.listener = compileListener(v, cfg, parsePrefixes(&validator{}, "", cfg.ClientIP.TrustedProxies))
 	compileMessages(v, cfg)
 	if len(v.errs) > 0 {

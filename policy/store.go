@@ -37,14 +37,14 @@ type Claim struct {
 // Reason says why a claim was refused.
 type Reason uint8
 
-// Reasons for a refusal.
+// Reasons for a refusal; the zero Reason is none (an admission).
 const (
-	ReasonNone        Reason = iota
-	ReasonConnections        // the rule's connection cap is reached for this key
-	ReasonRate               // the rule's bucket has no token for this key
-	ReasonTableFull          // the rule's bucket table is full and refuses new keys
-	ReasonMissing            // the rule's key could not be taken from the request
-	ReasonStoreError         // the store failed and on_error is deny
+	ReasonConnections Reason = iota + 1 // the rule's connection cap is reached for this key
+	ReasonRate                          // the rule's bucket has no token for this key
+	ReasonTableFull                     // the rule's bucket table is full and refuses new keys
+	ReasonMissing                       // the rule's key could not be taken from the request
+	ReasonStoreError                    // the store failed and on_error is deny
+	ReasonBanned                        // the key is banned by a penalty (Decision.Rule names it)
 )
 
 // String returns the reason as it appears in rejection bodies and logs.
@@ -60,6 +60,8 @@ func (r Reason) String() string {
 		return "missing_identity"
 	case ReasonStoreError:
 		return "store_error"
+	case ReasonBanned:
+		return "banned"
 	default:
 		return "none"
 	}

@@ -21,12 +21,13 @@ import (
 
 	"github.com/wslimit/wslimit/policy"
 	"github.com/wslimit/wslimit/policy/messages"
+	"github.com/wslimit/wslimit/policy/penalty"
 )
 
 // Close codes sent in close mode.
 const (
 	CloseTryAgainLater   = websocket.CloseTryAgainLater   // 1013: a cap or rate refused
-	ClosePolicyViolation = websocket.ClosePolicyViolation // 1008: a required identity is missing
+	ClosePolicyViolation = websocket.ClosePolicyViolation // 1008: a required identity is missing, or the key is banned
 )
 
 // closeLinger is how long a close-mode connection waits for the client's
@@ -88,6 +89,9 @@ type Options struct {
 	// been): the hook for penalties. It runs on the reading goroutine and
 	// must not block.
 	OnMessageLimit func(messages.Violation)
+	// Penalties holds the policy's penalty state (policy.Options.Penalties);
+	// nil means an engine of the Guard's own. Inspect lists its bans.
+	Penalties *penalty.Engine
 }
 
 // Guard admits WebSocket handshakes under a policy before upgrading them.
@@ -105,6 +109,7 @@ type Guard struct {
 	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
 	ka      Keepalive // with defaults filled in; zero when off
 	msgs    *messages.Table
+	pen     *penalty.Engine
 
 	mu        sync.Mutex // guards the close-path bounds; orders wg.Add before Close's wg.Wait
 	closed    bool
@@ -131,8 +136,13 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 	if store == nil {
 		store = policy.NewMemoryStore()
 	}
+	pen := opts.Penalties
+	if pen == nil {
+		pen = penalty.New(penalty.Options{Now: opts.Now, Logger: opts.Logger})
+	}
 	g := &Guard{
-		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
+		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer, Penalties: pen}),
+		pen:       pen,
 		store:     store,
 		ownStore:  opts.Store == nil,
 		up:        opts.Upgrader,
@@ -438,7 +448,7 @@ func WriteRejection(w http.ResponseWriter, d *policy.Decision) {
 // the 123 bytes a close frame allows.
 func CloseReason(d *policy.Decision) string {
 	s := fmt.Sprintf("%s: %s", d.Rule, d.Reason)
-	if d.Reason == policy.ReasonRate || d.Reason == policy.ReasonConnections {
+	if d.Reason == policy.ReasonRate || d.Reason == policy.ReasonConnections || d.Reason == policy.ReasonBanned {
 		s += fmt.Sprintf("; retry in %ds", RetryAfterSeconds(d.RetryAfter))
 	}
 	if len(s) > 123 {
@@ -458,7 +468,7 @@ func (g *Guard) closeReject(w http.ResponseWriter, r *http.Request, d *policy.De
 		return
 	}
 	code := CloseTryAgainLater
-	if d.Reason == policy.ReasonMissing {
+	if d.Reason == policy.ReasonMissing || d.Reason == policy.ReasonBanned {
 		code = ClosePolicyViolation
 	}
 	deadline := time.Now().Add(closeLinger)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/penalty"
 )
 
 // DefaultInspectTop is how many keys per rule the inspection handler lists.
@@ -26,6 +27,8 @@ type Inspection struct {
 	Closing int `json:"closing"`
 	// Rules describes each rule of the live policy with its state.
 	Rules []RuleInspection `json:"rules"`
+	// Bans lists the bans in force, longest remaining first (at most top).
+	Bans []penalty.BanView `json:"bans,omitempty"`
 	// Policy is the live policy's configuration. InspectHandler serves it
 	// as written in a policy file (see writtenConfig), not in the Go
 	// encoding of Config, whose durations are integers of nanoseconds.
@@ -79,8 +82,15 @@ func (g *Guard) Inspect(top int) Inspection {
 		}
 		in.Rules = append(in.Rules, ri)
 	}
+	if top > 0 {
+		in.Bans = g.pen.Views(top)
+	}
 	return in
 }
+
+// Penalties returns the engine holding the policy's bans (Options.Penalties
+// or the Guard's own): Ban, Unban and the admin Handler.
+func (g *Guard) Penalties() *penalty.Engine { return g.pen }
 
 func redactSession(s *policy.SessionConfig) *policy.SessionConfig {
 	if s == nil {

@@ -60,7 +60,7 @@ func cli(args []string, stdout, stderr io.Writer) int {
 		allowRemote bool
 	)
 	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "WebSocket URL (ws:// or wss://); loopback unless -i-own-this-server")
-	fs.StringVar(&cfg.Mode, "mode", "", "conn-flood | rate-flood | rotate-xff | token-reuse (required)")
+	fs.StringVar(&cfg.Mode, "mode", "", "conn-flood | rate-flood | rotate-xff | token-reuse | reconnect-loop | token-spray | addr-churn (required)")
 	fs.IntVar(&cfg.N, "n", defaultN, fmt.Sprintf("most handshake attempts (at most %d)", MaxAttempts))
 	fs.IntVar(&cfg.Concurrency, "c", defaultConcurrency, fmt.Sprintf("handshakes in flight at once (at most %d)", MaxConcurrency))
 	fs.Float64Var(&cfg.Rate, "rate", 0, fmt.Sprintf("attempts per second, 0 = as fast as allowed (at most %d)", MaxRate))

@@ -26,9 +26,13 @@ const (
 	ModeRateFlood  = "rate-flood"  // handshake and close, repeatedly: rate limits
 	ModeRotateXFF  = "rotate-xff"  // rate-flood with a rotating X-Forwarded-For
 	ModeTokenReuse = "token-reuse" // conn-flood presenting one bearer token
+	// Attack modes for penalties (attack.go).
+	ModeReconnectLoop = "reconnect-loop" // handshake and close at once, again and again: short_lived offences
+	ModeTokenSpray    = "token-spray"    // rate-flood presenting a new forged token each time: invalid_identity offences
+	ModeAddrChurn     = "addr-churn"     // rotate-xff with a new random address each time: a flood of new offenders
 )
 
-var modes = []string{ModeConnFlood, ModeRateFlood, ModeRotateXFF, ModeTokenReuse}
+var modes = []string{ModeConnFlood, ModeRateFlood, ModeRotateXFF, ModeTokenReuse, ModeReconnectLoop, ModeTokenSpray, ModeAddrChurn}
 
 // Hard caps: no flag can ask for more.
 const (
@@ -149,8 +153,10 @@ func (c *Config) normalize() error {
 		return fmt.Errorf("-settle %s: must be at most %s", c.Settle, MaxSettle)
 	case c.HandshakeTimeout < 0 || c.HandshakeTimeout > MaxHandshake:
 		return fmt.Errorf("-handshake-timeout %s: must be at most %s", c.HandshakeTimeout, MaxHandshake)
-	case c.Mode == ModeRotateXFF && c.XFFPrefix == "":
-		return errors.New("-mode rotate-xff needs -xff-prefix (e.g. 2001:db8::/64 or 198.51.100.0/24)")
+	case (c.Mode == ModeRotateXFF || c.Mode == ModeAddrChurn) && c.XFFPrefix == "":
+		return errors.New("-mode " + c.Mode + " needs -xff-prefix (e.g. 2001:db8::/64 or 198.51.100.0/24)")
+	case c.Mode == ModeTokenSpray && c.TokenIn == "subprotocol":
+		return errors.New("-mode token-spray sends its tokens in a header or a cookie (-token-in header or cookie:NAME)")
 	case c.Mode == ModeTokenReuse && c.Token == "":
 		return errors.New("-mode token-reuse needs a token (-token or -token-env)")
 	case c.Token != "" && !tokenChars.MatchString(c.Token):
@@ -187,7 +193,7 @@ func run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	lt := &loadTest{cfg: cfg, url: tgt.url.String(), rec: newRecorder(), release: make(chan struct{})}
 	if cfg.XFFPrefix != "" {
-		if lt.xff, err = newAddrGen(cfg.XFFPrefix, cfg.XFFRandom); err != nil {
+		if lt.xff, err = newAddrGen(cfg.XFFPrefix, cfg.XFFRandom || cfg.Mode == ModeAddrChurn); err != nil {
 			return Summary{}, err
 		}
 	}
@@ -333,7 +339,11 @@ func (lt *loadTest) header(i int) http.Header {
 	if lt.xff != nil {
 		h.Set("X-Forwarded-For", lt.xff.addr(i).String())
 	}
-	if tok := lt.cfg.Token; tok != "" {
+	tok := lt.cfg.Token
+	if lt.cfg.Mode == ModeTokenSpray {
+		tok = forgedToken(i)
+	}
+	if tok != "" {
 		switch in := lt.cfg.TokenIn; {
 		case in == "header":
 			h.Set("Authorization", "Bearer "+tok)

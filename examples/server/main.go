@@ -33,6 +33,7 @@ import (
 
 	"github.com/wslimit/wslimit/policy"
 	"github.com/wslimit/wslimit/policy/listener"
+	"github.com/wslimit/wslimit/policy/penalty"
 	"github.com/wslimit/wslimit/policy/prom"
 	"github.com/wslimit/wslimit/policy/redisstore"
 	"github.com/wslimit/wslimit/policy/reload"
@@ -110,6 +111,7 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() { _ = g.Penalties().Run(ctx) }() // shares bans through Redis, if the store is
 	if policyFile != "" {
 		// Hot reload: on file change or SIGHUP; a bad file is logged with
 		// file:line:col and the running policy stays.
@@ -210,11 +212,19 @@ func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard
 		return nil, nil, err
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Bans of the policy's penalties; with Redis, shared by every instance.
+	popts := penalty.Options{Logger: log}
+	if rs, ok := store.(*redisstore.Store); ok {
+		popts.Shared = rs.Bans()
+	}
+	pen := penalty.New(popts)
+	reg.MustRegister(prom.NewPenaltyCollector(pen, prom.Options{}))
 	g, err := ws.New(p, ws.Options{
-		Store:    store,
-		Logger:   log,
-		Observer: obs,
-		Upgrader: websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
+		Penalties: pen,
+		Store:     store,
+		Logger:    log,
+		Observer:  obs,
+		Upgrader:  websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
 
 		Keepalive: ws.Keepalive{PingInterval: 20 * time.Second, PongWait: 30 * time.Second, WriteTimeout: 10 * time.Second},
 	})
@@ -278,12 +288,14 @@ func newMux(g *ws.Guard, reg *prometheus.Registry) *http.ServeMux {
 	return mux
 }
 
-// newAdminMux serves the admin endpoints: /metrics (reg) and /inspect.
-// The inspection lists client addresses and user ids: serve it only on a
-// private address.
+// newAdminMux serves the admin endpoints: /metrics (reg), /inspect and
+// /bans/ (list, POST /bans/ban, POST /bans/unban: penalty.Engine.Handler).
+// They list client addresses and user ids, and /bans/ bans anyone: serve
+// them only on a private address.
 func newAdminMux(g *ws.Guard, reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /inspect", g.InspectHandler())
+	mux.Handle("/bans/", http.StripPrefix("/bans", g.Penalties().Handler()))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	return mux
 }

@@ -108,7 +108,7 @@ const (
 )
 
 // numReasons bounds the reason slots of a rule; policy.Reason values at or
-// past it are counted as policy.ReasonNone.
+// past it are counted as reason none (0).
 const numReasons = 8
 
 // ruleMetrics holds one rule's children, each created on first use so that
@@ -232,7 +232,7 @@ func (o *Observer) liveGauge(r *ruleMetrics) prometheus.Gauge {
 
 func (o *Observer) refusal(vec *prometheus.CounterVec, slots *[numReasons]lazy[prometheus.Counter], rule string, reason policy.Reason) prometheus.Counter {
 	if int(reason) >= numReasons {
-		reason = policy.ReasonNone
+		reason = 0
 	}
 	return slots[reason].get(func() prometheus.Counter { return vec.WithLabelValues(rule, reason.String()) })
 }
