@@ -4,7 +4,9 @@ import (
 	"time"
 
 	"github.com/wslimit/wslimit/keys/identity"
+	"github.com/wslimit/wslimit/policy/capacity"
 	"github.com/wslimit/wslimit/policy/listener"
+	"github.com/wslimit/wslimit/policy/pressure"
 )
 
 // Config is a policy as written: the YAML file decodes into it, and Go
@@ -31,6 +33,12 @@ type Config struct {
 	// Listener caps TCP connections at accept (package policy/listener);
 	// nil means no listener caps.
 	Listener *listener.Config `yaml:"listener" json:"listener,omitempty"`
+	// Capacity says how `auto` connection caps are derived from the
+	// machine (package policy/capacity); nil means the defaults.
+	Capacity *capacity.Config `yaml:"capacity" json:"capacity,omitempty"`
+	// Pressure adapts the policy to measured pressure (package
+	// policy/pressure); nil means fixed limits.
+	Pressure *pressure.Config `yaml:"pressure" json:"pressure,omitempty"`
 }
 
 // ClientIPConfig says how the client address is taken from a request.
@@ -79,8 +87,10 @@ type RuleConfig struct {
 	IPv4Prefix int `yaml:"ipv4_prefix" json:"ipv4_prefix,omitempty"`
 	// IPv6Prefix is the prefix length of subnet keys for IPv6 (default 64).
 	IPv6Prefix int `yaml:"ipv6_prefix" json:"ipv6_prefix,omitempty"`
-	// Connections caps open connections per key; 0 means no cap.
-	Connections int `yaml:"connections" json:"connections,omitempty"`
+	// Connections caps open connections per key; 0 means no cap;
+	// capacity.Auto (`auto`, global rules only) derives the cap from the
+	// machine when the policy is compiled.
+	Connections capacity.Cap `yaml:"connections" json:"connections,omitempty"`
 	// Rate is the handshake rate per key: "10/s", "100/m", "5/h", "3/10s";
 	// empty means no rate limit.
 	Rate string `yaml:"rate" json:"rate,omitempty"`

@@ -60,6 +60,8 @@ func (r Reason) String() string {
 		return "missing_identity"
 	case ReasonStoreError:
 		return "store_error"
+	case reasonPressure:
+		return "pressure"
 	default:
 		return "none"
 	}
