@@ -7,5 +7,3 @@ import "runtime/debug"
 func ReadSystem() System {
 	return System{NoFile: noFile(), MemoryLimit: debug.SetMemoryLimit(-1)}
 }
-
-
