@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/pressure"
 )
 
 // Close codes sent in close mode.
@@ -82,6 +83,10 @@ type Options struct {
 	// whose peer stops answering or reading (see Keepalive); zero is off.
 	// It applies to Upgrade, not to Middleware.
 	Keepalive Keepalive
+	// Pressure, when set, is the monitor whose level the policy's pressure
+	// section acts on (policy.Options.Pressure); the caller runs it. The
+	// inspection shows its status.
+	Pressure *pressure.Monitor
 }
 
 // Guard admits WebSocket handshakes under a policy before upgrading them.
@@ -98,6 +103,7 @@ type Guard struct {
 	log     *rejectLog
 	reject  func(w http.ResponseWriter, r *http.Request, d *policy.Decision)
 	ka      Keepalive // with defaults filled in; zero when off
+	press   *pressure.Monitor
 
 	mu        sync.Mutex // guards the close-path bounds; orders wg.Add before Close's wg.Wait
 	closed    bool
@@ -123,7 +129,8 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 		store = policy.NewMemoryStore()
 	}
 	g := &Guard{
-		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer}),
+		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer, Pressure: opts.Pressure}),
+		press:     opts.Pressure,
 		store:     store,
 		ownStore:  opts.Store == nil,
 		up:        opts.Upgrader,

@@ -34,6 +34,7 @@ import (
 
 	"github.com/wslimit/wslimit/policy"
 	"github.com/wslimit/wslimit/policy/listener"
+	"github.com/wslimit/wslimit/policy/pressure"
 	"github.com/wslimit/wslimit/policy/prom"
 	"github.com/wslimit/wslimit/policy/redisstore"
 	"github.com/wslimit/wslimit/policy/reload"
@@ -76,12 +77,16 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 		return err
 	}
 	defer store.Close()
-	g, reg, err := newGuard(p, store, log)
+	live := &liveConns{m: map[*ws.Conn]struct{}{}}
+	// The pressure monitor samples once per interval on a goroutine of its
+	// own; the guard's limiter gives it the pressure section of every
+	// policy it takes (none: it samples nothing).
+	mon := pressure.New(nil, pressure.Options{Logger: log, Connections: live.count})
+	g, reg, err := newGuard(p, store, mon, log)
 	if err != nil {
 		return err
 	}
 	defer g.Close()
-	live := &liveConns{m: map[*ws.Conn]struct{}{}}
 
 	// Listen before serving so that a busy port fails the start, and the
 	// log line names the real address (":0" picks a free port).
@@ -104,6 +109,7 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go mon.Run(ctx)
 	if policyFile != "" {
 		// Hot reload: on file change or SIGHUP; a bad file is logged with
 		// file:line:col and the running policy stays.
@@ -207,6 +213,14 @@ func (l *liveConns) add(c *ws.Conn) {
 	l.mu.Unlock()
 }
 
+// count returns the number of open WebSockets (the pressure monitor's
+// connections signal).
+func (l *liveConns) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
+}
+
 func (l *liveConns) remove(c *ws.Conn) {
 	if l == nil {
 		return
@@ -236,7 +250,7 @@ func (l *liveConns) closeAll(reason string) int {
 // newGuard returns the demo's guard, with a Prometheus observer registered
 // in a registry of its own (with the Go and process collectors) for the
 // admin listener's /metrics.
-func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard, *prometheus.Registry, error) {
+func newGuard(p *policy.Policy, store policy.Store, mon *pressure.Monitor, log *slog.Logger) (*ws.Guard, *prometheus.Registry, error) {
 	var opts prom.Options
 	if ms, ok := store.(*policy.MemoryStore); ok {
 		opts.Store = ms // tracked keys, buckets, evictions per rule
@@ -253,6 +267,9 @@ func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard
 		return nil, nil, err
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if mon != nil {
+		reg.MustRegister(prom.NewPressureCollector(mon, prom.Options{}))
+	}
 	g, err := ws.New(p, ws.Options{
 		Store:    store,
 		Logger:   log,
@@ -260,6 +277,7 @@ func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard
 		Upgrader: websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
 
 		Keepalive: ws.Keepalive{PingInterval: 20 * time.Second, PongWait: 30 * time.Second, WriteTimeout: 10 * time.Second},
+		Pressure:  mon,
 	})
 	if err != nil {
 		return nil, nil, err

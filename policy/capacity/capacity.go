@@ -57,6 +57,20 @@ func (c Cap) MarshalJSON() ([]byte, error) {
 	return json.Marshal(int(c))
 }
 
+// UnmarshalJSON accepts a number or "auto" (what MarshalJSON writes).
+func (c *Cap) UnmarshalJSON(b []byte) error {
+	var n int
+	if err := json.Unmarshal(b, &n); err == nil {
+		*c = Cap(n)
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("capacity: want a number or \"auto\", got %s", b)
+	}
+	return c.UnmarshalText([]byte(s))
+}
+
 // String returns "auto" or the count.
 func (c Cap) String() string {
 	if c == Auto {

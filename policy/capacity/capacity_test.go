@@ -63,6 +63,10 @@ func TestCapText(t *testing.T) {
 	if string(b) != `{"A":"auto","B":7}` {
 		t.Errorf("json = %s", b)
 	}
+	var back struct{ A, B Cap }
+	if err := json.Unmarshal(b, &back); err != nil || back.A != Auto || back.B != 7 {
+		t.Errorf("json round trip: %+v %v", back, err)
+	}
 	if Auto.String() != "auto" || Cap(3).String() != "3" {
 		t.Errorf("String: %s %s", Auto, Cap(3))
 	}

@@ -152,7 +152,11 @@ func (m *Monitor) Status() Status {
 	cfg := m.cfg.Load()
 	for i, sig := range cfg.signals() {
 		if sig != nil {
-			st.Signals = append(st.Signals, m.last[i])
+			s := m.last[i]
+			if s.Name == "" { // not sampled yet
+				s = SignalStatus{Name: signalNames[i], Ratio: -1, Value: -1, Ceiling: -1}
+			}
+			st.Signals = append(st.Signals, s)
 		}
 	}
 	return st
