@@ -21,7 +21,8 @@
 //
 // # Platforms
 //
-// Open descriptors are counted in /proc/self/fd (Linux) or /dev/fd
+// Open descriptors are counted in /proc/self/fd (Linux: its size, one
+// stat call, on Linux 6.2 and later; its entries before) or /dev/fd
 // (macOS, the BSDs with fdescfs); RLIMIT_NOFILE exists on Unix systems.
 // Where either is missing (Windows) the fds signal reads as unavailable
 // and never turns on; the Monitor logs that once. The heap signal is

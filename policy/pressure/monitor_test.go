@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -202,4 +203,37 @@ func equal(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// BenchmarkReadFDs measures one count of the open descriptors with about
+// 100 and 10,000 open (what the fds signal costs the sampling goroutine
+// per interval; it never runs on a handshake).
+func BenchmarkReadFDs(b *testing.B) {
+	if _, err := os.Stat("/proc/self/fd"); err != nil {
+		b.Skip("no /proc/self/fd")
+	}
+	s := newSystemReader()
+	var open []*os.File
+	defer func() {
+		for _, f := range open {
+			f.Close()
+		}
+	}()
+	for _, n := range []int{100, 10000} {
+		for len(open) < n {
+			f, err := os.Open(os.DevNull)
+			if err != nil {
+				b.Skip(err)
+			}
+			open = append(open, f)
+		}
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if got, _ := s.fds(); got < n {
+					b.Fatalf("counted %d, at least %d open", got, n)
+				}
+			}
+		})
+	}
 }
