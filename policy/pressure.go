@@ -33,6 +33,8 @@ type pressureActions struct {
 	scale      map[string]bool // rule names whose limits scale
 	factor     float64
 	unverified bool // refuse handshakes without a verified identity
+	keepClaim  string
+	keep       map[string]bool // with keepClaim: the tiers admitted under pressure
 }
 
 // compilePressure checks the pressure section against the rest of the
@@ -50,6 +52,12 @@ func compilePressure(v *validator, cfg Config) *pressureActions {
 		v.add(path, "%s", pr.Msg)
 	}
 	a := &pressureActions{unverified: pc.RefuseUnverified}
+	if k := pc.KeepTiers; k != nil {
+		a.keepClaim, a.keep = k.Claim, map[string]bool{}
+		for _, v := range k.Values {
+			a.keep[v] = true
+		}
+	}
 	if pc.RefuseUnverified && cfg.Identity.JWT == nil {
 		v.add("pressure.refuse_unverified", "needs identity.jwt: an identity is verified by its token")
 	}
@@ -79,7 +87,7 @@ func (l *Limiter) underPressure(d *Decision, p *Policy, r *http.Request, claims 
 		return true
 	}
 	a := p.press
-	if a.unverified && !d.verified(p, r) {
+	if a.unverified && !d.verified(p, a, r) {
 		d.refuse(p, pressureRule, reasonPressure, p.reject.CapRetryAfter)
 		if !d.WouldReject {
 			return false
@@ -93,21 +101,26 @@ func (l *Limiter) underPressure(d *Decision, p *Policy, r *http.Request, claims 
 	return true
 }
 
-// verified reports whether the request carries a verified token, verifying
-// it if no rule did (the identity cache makes a repeat cheap).
-func (d *Decision) verified(p *Policy, r *http.Request) bool {
-	if d.Identity != "" {
+// verified reports whether the request carries a verified token (of a
+// kept tier, with keep_tiers), verifying it if no rule did: the identity
+// cache makes a repeat cheap.
+func (d *Decision) verified(p *Policy, a *pressureActions, r *http.Request) bool {
+	if d.Identity != "" && a.keep == nil {
 		return true
 	}
 	if d.InvalidToken || p.jwt == nil {
 		return false
 	}
 	id, err := p.jwt.Identify(r, d.l.now())
-	if err != nil {
+	if err != nil || id.Subject == "" {
 		return false
 	}
 	d.Identity = id.Subject
-	return id.Subject != ""
+	if a.keep == nil {
+		return true
+	}
+	tier, ok := id.Claim(a.keepClaim)
+	return ok && a.keep[tier]
 }
 
 // scaleClaim returns c with its limits multiplied by f (0 < f <= 1): a cap

@@ -238,3 +238,47 @@ listener: {global: auto}
 		}
 	}
 }
+
+// TestPressureKeepTiers: with keep_tiers, only verified users of the kept
+// tiers are admitted under pressure.
+func TestPressureKeepTiers(t *testing.T) {
+	h := newPressureHarness(t, pressurePolicy+"  keep_tiers: {claim: plan, values: [pro]}\n")
+	h.set(100)
+	sign := func(sub, plan string) string {
+		tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": sub, "plan": plan, "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(pressureSecret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "Bearer " + tok
+	}
+	for _, tt := range []struct {
+		auth string
+		want bool
+	}{{sign("p", "pro"), true}, {sign("f", "free"), false}, {signed(t, "none"), false}, {"", false}} {
+		r := request("192.0.2.7:1")
+		if tt.auth != "" {
+			r.Header.Set("Authorization", tt.auth)
+		}
+		d := h.lim.Admit(context.Background(), r)
+		if d.Allowed != tt.want || (!tt.want && d.Rule != "pressure") {
+			t.Errorf("%q: allowed=%v by %q, want %v", tt.auth, d.Allowed, d.Rule, tt.want)
+		}
+		d.Release()
+	}
+	h.set(0)
+	if d := h.lim.Admit(context.Background(), request("192.0.2.7:1", "Authorization", sign("f", "free"))); !d.Allowed {
+		t.Errorf("no pressure: free tier refused by %s", d.Rule)
+	}
+}
+
+// TestPressureDryRun: in dry run a pressure refusal is reported and
+// refuses nothing.
+func TestPressureDryRun(t *testing.T) {
+	h := newPressureHarness(t, pressurePolicy+"mode: dry_run\n")
+	h.set(100)
+	d := h.lim.Admit(context.Background(), request("192.0.2.8:1"))
+	if !d.Allowed || !d.WouldReject || d.Rule != "pressure" || !d.Holds() {
+		t.Errorf("dry run: allowed=%v would=%v rule=%q holds=%v", d.Allowed, d.WouldReject, d.Rule, d.Holds())
+	}
+	d.Release()
+}

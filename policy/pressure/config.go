@@ -32,6 +32,10 @@ type Config struct {
 	// without a verified JWT (identity.jwt) before any store call: the
 	// capacity left is kept for identified users.
 	RefuseUnverified bool `yaml:"refuse_unverified" json:"refuse_unverified,omitempty"`
+	// KeepTiers narrows RefuseUnverified to chosen tiers: a verified
+	// token is admitted under pressure only when its claim Claim has one
+	// of Values. Needs RefuseUnverified.
+	KeepTiers *KeepTiers `yaml:"keep_tiers" json:"keep_tiers,omitempty"`
 	// TightenPenalties asks the penalty engine to be stricter while under
 	// pressure (Monitor.TightenPenalties); it takes effect once penalties
 	// read it.
@@ -59,6 +63,15 @@ type Scale struct {
 	Rules []string `yaml:"rules" json:"rules,omitempty"`
 	// Factor is in (0, 1].
 	Factor float64 `yaml:"factor" json:"factor,omitempty"`
+}
+
+// KeepTiers names the tiers whose verified users keep being admitted
+// under pressure.
+type KeepTiers struct {
+	// Claim is the JWT claim whose string value is the tier.
+	Claim string `yaml:"claim" json:"claim,omitempty"`
+	// Values are the tiers kept.
+	Values []string `yaml:"values" json:"values,omitempty"`
 }
 
 // Problem is one thing wrong with a Config: the field's path inside the
@@ -89,6 +102,17 @@ func (c *Config) Problems() []Problem {
 	}{{"connections", c.Connections}, {"fds", c.FDs}, {"heap", c.Heap}} {
 		if s.sig != nil {
 			s.sig.problems(s.name, add)
+		}
+	}
+	if k := c.KeepTiers; k != nil {
+		if !c.RefuseUnverified {
+			add("keep_tiers", "needs refuse_unverified: true")
+		}
+		if k.Claim == "" {
+			add("keep_tiers.claim", "required: the JWT claim whose value is the tier")
+		}
+		if len(k.Values) == 0 {
+			add("keep_tiers.values", "name at least one tier")
 		}
 	}
 	if c.Scale != nil {

@@ -174,6 +174,8 @@ func TestProblems(t *testing.T) {
 		{"enter above 1", Config{Heap: &Signal{Enter: 1.5}, TightenPenalties: true}, "heap.enter: must be in (0, 1]"},
 		{"factor", Config{Heap: &Signal{}, Scale: &Scale{Rules: []string{"a"}, Factor: 2}}, "scale.factor: must be in (0, 1]"},
 		{"scale rules", Config{Heap: &Signal{}, Scale: &Scale{Factor: 0.5}}, "scale.rules: name at least one"},
+		{"keep_tiers alone", Config{Heap: &Signal{}, TightenPenalties: true, KeepTiers: &KeepTiers{Claim: "plan", Values: []string{"pro"}}}, "keep_tiers: needs refuse_unverified"},
+		{"keep_tiers values", Config{Heap: &Signal{}, RefuseUnverified: true, KeepTiers: &KeepTiers{Claim: "plan"}}, "keep_tiers.values: name at least one"},
 		{"interval", Config{Interval: time.Millisecond, Heap: &Signal{}, TightenPenalties: true}, "interval: must be at least 10ms"},
 	}
 	for _, tt := range tests {
