@@ -282,3 +282,30 @@ func TestPressureDryRun(t *testing.T) {
 	}
 	d.Release()
 }
+
+// TestPressureReload: the limiter gives its monitor the pressure section
+// of every policy it takes; a policy without one turns the monitor off.
+func TestPressureReload(t *testing.T) {
+	t.Setenv("WSLIMIT_PRESSURE_SECRET", pressureSecret)
+	plain := mustParse(t, strings.Split(pressurePolicy, "pressure:")[0])
+	var conns atomic.Int64
+	mon := pressure.New(nil, pressure.Options{Read: func() pressure.Readings {
+		return pressure.Readings{Conns: int(conns.Load()), FDs: -1, Heap: -1}
+	}})
+	lim := NewLimiter(plain, Options{Pressure: mon})
+	conns.Store(100)
+	if mon.Sample() != 0 {
+		t.Fatal("no section: level 1")
+	}
+	lim.SetPolicy(mustParse(t, pressurePolicy))
+	if mon.Sample() != 1 {
+		t.Fatal("section after reload: level 0 at 100 of 100")
+	}
+	if d := lim.Admit(context.Background(), request("192.0.2.5:1")); d.Allowed || d.Rule != "pressure" {
+		t.Errorf("after reload, under pressure: allowed=%v by %q", d.Allowed, d.Rule)
+	}
+	lim.SetPolicy(plain)
+	if mon.Sample() != 0 {
+		t.Error("section removed: level 1")
+	}
+}
