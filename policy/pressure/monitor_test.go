@@ -154,6 +154,9 @@ func TestSystemReadings(t *testing.T) {
 		if n <= 0 || limit <= 0 || int64(n) >= limit || n2 != n+1 {
 			t.Errorf("fds = %d then %d (one more opened), limit %d", n, n2, limit)
 		}
+		if l := listFDs(); l != n2 {
+			t.Errorf("listed %d descriptors, counted %d", l, n2)
+		}
 	}
 	if used, _ := s.heap(); used <= 0 {
 		t.Errorf("heap = %d", used)
@@ -209,7 +212,9 @@ func equal(a, b []int) bool {
 
 // BenchmarkReadFDs measures one count of the open descriptors with about
 // 100 and 10,000 open (what the fds signal costs the sampling goroutine
-// per interval; it never runs on a handshake).
+// per interval; it never runs on a handshake): fds (one stat where the
+// kernel reports the count) and list (the directory listing, the path of
+// kernels before Linux 6.2 and of other systems).
 func BenchmarkReadFDs(b *testing.B) {
 	if _, err := os.Stat("/proc/self/fd"); err != nil {
 		b.Skip("no /proc/self/fd")
@@ -234,6 +239,14 @@ func BenchmarkReadFDs(b *testing.B) {
 			for b.Loop() {
 				if got, _ := s.fds(); got < n {
 					b.Fatalf("counted %d, at least %d open", got, n)
+				}
+			}
+		})
+		b.Run("list/"+strconv.Itoa(n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if got := listFDs(); got < n {
+					b.Fatalf("listed %d, at least %d open", got, n)
 				}
 			}
 		})

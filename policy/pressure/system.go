@@ -38,6 +38,12 @@ func (s *systemReader) fds() (int, int64) {
 	if fi, err := os.Stat(fdDirs[0]); err == nil && fi.Size() > 0 {
 		return int(fi.Size()), limit
 	}
+	return listFDs(), limit
+}
+
+// listFDs counts the entries of the first descriptor directory that
+// opens; -1 when none does.
+func listFDs() int {
 	for _, dir := range fdDirs {
 		f, err := os.Open(dir)
 		if err != nil {
@@ -57,10 +63,10 @@ func (s *systemReader) fds() (int, int64) {
 		}
 		f.Close()
 		if n > 0 {
-			return n - 1, limit // the directory's own descriptor
+			return n - 1 // the directory's own descriptor
 		}
 	}
-	return -1, limit
+	return -1
 }
 
 // heap returns the memory GOMEMLIMIT counts and GOMEMLIMIT (0 when none
