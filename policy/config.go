@@ -4,9 +4,11 @@ import (
 	"time"
 
 	"github.com/wslimit/wslimit/keys/identity"
+	"github.com/wslimit/wslimit/policy/capacity"
 	"github.com/wslimit/wslimit/policy/listener"
 	"github.com/wslimit/wslimit/policy/messages"
 	"github.com/wslimit/wslimit/policy/penalty"
+	"github.com/wslimit/wslimit/policy/pressure"
 )
 
 // Config is a policy as written: the YAML file decodes into it, and Go
@@ -39,6 +41,12 @@ type Config struct {
 	// Penalties ban keys that offend repeatedly (package policy/penalty);
 	// none by default.
 	Penalties []penalty.Config `yaml:"penalties" json:"penalties,omitempty"`
+	// Capacity says how `auto` connection caps are derived from the
+	// machine (package policy/capacity); nil means the defaults.
+	Capacity *capacity.Config `yaml:"capacity" json:"capacity,omitempty"`
+	// Pressure adapts the policy to measured pressure (package
+	// policy/pressure); nil means fixed limits.
+	Pressure *pressure.Config `yaml:"pressure" json:"pressure,omitempty"`
 }
 
 // ClientIPConfig says how the client address is taken from a request.
@@ -87,8 +95,10 @@ type RuleConfig struct {
 	IPv4Prefix int `yaml:"ipv4_prefix" json:"ipv4_prefix,omitempty"`
 	// IPv6Prefix is the prefix length of subnet keys for IPv6 (default 64).
 	IPv6Prefix int `yaml:"ipv6_prefix" json:"ipv6_prefix,omitempty"`
-	// Connections caps open connections per key; 0 means no cap.
-	Connections int `yaml:"connections" json:"connections,omitempty"`
+	// Connections caps open connections per key; 0 means no cap;
+	// capacity.Auto (`auto`, global rules only) derives the cap from the
+	// machine when the policy is compiled.
+	Connections capacity.Cap `yaml:"connections" json:"connections,omitempty"`
 	// Rate is the handshake rate per key: "10/s", "100/m", "5/h", "3/10s";
 	// empty means no rate limit.
 	Rate string `yaml:"rate" json:"rate,omitempty"`

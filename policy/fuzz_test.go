@@ -14,6 +14,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("version: 1\nrules: [\n"))
 	f.Add([]byte("version: 1\nrules:\n  - &a {name: a, key: ip, connections: 1}\n  - *a\n"))
 	f.Add([]byte("version: 1\nrules:\n  - {name: s, key: subnet, ipv6_prefix: 56, rate: 3/10s, burst: 4}\nstate: {on_full: refuse, max_keys: 10}\n"))
+	f.Add([]byte("version: 1\ncapacity: {fd_reserve: 8, memory_per_connection: 4096}\nrules:\n  - {name: g, key: global, connections: auto}\nlistener: {global: auto}\npressure: {interval: 50ms, fds: {enter: 0.9, leave: 0.5}, heap: {}, scale: {rules: [g], factor: 0.25}}\n"))
 	f.Add([]byte("version: !!str 1\n"))
 	f.Add([]byte("? [a]\n: b\n"))
 	f.Add([]byte("version: 1\nrules:\n\t- {name: a, key: ip, connections: 1}\n"))

@@ -12,6 +12,7 @@ import (
 	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/keys/identity"
 	"github.com/wslimit/wslimit/policy/penalty"
+	"github.com/wslimit/wslimit/policy/pressure"
 )
 
 // Options configure a Limiter. The zero value is usable: in-memory state,
@@ -31,6 +32,11 @@ type Options struct {
 	// counts) and serves their Go and admin API; nil means an engine of
 	// the Limiter's own, without sharing. Build it with the same Now.
 	Penalties *penalty.Engine
+	// Pressure, when set, is the monitor whose level the policy's
+	// pressure section acts on (package policy/pressure). The caller runs
+	// it (Monitor.Run); the Limiter gives it the section of every policy
+	// it takes. nil means a pressure section never applies.
+	Pressure *pressure.Monitor
 }
 
 // Observer is told of every decision and release, outside any lock. It
@@ -57,12 +63,13 @@ type Limiter struct {
 	// address over its rate is refused before any token is verified
 	// (refusals.go).
 	refused *refusals
-	pen     penalties // penalize.go
+	pen     penalties         // penalize.go
+	press   *pressure.Monitor // nil without one (pressure.go)
 }
 
 // NewLimiter returns a Limiter enforcing p.
 func NewLimiter(p *Policy, opts Options) *Limiter {
-	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger, obs: opts.Observer, refused: newRefusals()}
+	l := &Limiter{store: opts.Store, now: opts.Now, log: opts.Logger, obs: opts.Observer, refused: newRefusals(), press: opts.Pressure}
 	if l.store == nil {
 		l.store = NewMemoryStore()
 	}
@@ -75,6 +82,7 @@ func NewLimiter(p *Policy, opts Options) *Limiter {
 	}
 	l.pen.bind(p)
 	l.policy.Store(p)
+	l.adopt(p)
 	return l
 }
 
@@ -85,9 +93,11 @@ func (l *Limiter) Policy() *Policy { return l.policy.Load() }
 // admitted before keep their slots and release them by the rule names they
 // were admitted under; stores keep state by rule name, so counts carry over
 // to a rule of the same name and a changed cap applies to new handshakes.
+// The limiter's pressure monitor, if any, takes p's pressure section.
 func (l *Limiter) SetPolicy(p *Policy) {
 	l.pen.bind(p)
 	l.policy.Store(p)
+	l.adopt(p)
 }
 
 // Decision is the outcome of one handshake's evaluation. When Allowed, it
@@ -227,6 +237,9 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 		d.Protocols = p.jwt.TokenFreeProtocols(r.Header)
 	}
 	claims, ok := d.collect(p, r)
+	if ok && p.press != nil {
+		ok = l.underPressure(d, p, r, claims)
+	}
 	if !ok || len(claims) == 0 {
 		return d
 	}

@@ -22,15 +22,16 @@ func (p *Policy) Listener() (listener.Limits, bool) {
 
 // compileListener checks the listener section and compiles it; nil when
 // the policy has none.
-func compileListener(v *validator, cfg Config, trusted []netip.Prefix) *listener.Limits {
+func compileListener(v *validator, cfg Config, trusted []netip.Prefix, auto *autoCaps) *listener.Limits {
 	lc := cfg.Listener
 	if lc == nil {
 		return nil
 	}
+	global := auto.conns(v, "listener.global", lc.Global, true)
 	for _, f := range []struct {
 		name string
 		n    int
-	}{{"per_ip", lc.PerIP}, {"per_subnet", lc.PerSubnet}, {"global", lc.Global}, {"burst", lc.Burst}} {
+	}{{"per_ip", lc.PerIP}, {"per_subnet", lc.PerSubnet}, {"burst", lc.Burst}} {
 		if f.n < 0 {
 			v.add("listener."+f.name, "must not be negative (got %d)", f.n)
 		}
@@ -42,7 +43,7 @@ func compileListener(v *validator, cfg Config, trusted []netip.Prefix) *listener
 		v.add("listener.ipv4_prefix", "subnet prefixes have no effect without per_subnet")
 	}
 	l := &listener.Limits{
-		PerIP: lc.PerIP, PerSubnet: lc.PerSubnet, Global: lc.Global,
+		PerIP: lc.PerIP, PerSubnet: lc.PerSubnet, Global: global,
 		IPv4Prefix: orDefault(lc.IPv4Prefix, defaultIPv4Prefix),
 		IPv6Prefix: orDefault(lc.IPv6Prefix, defaultIPv6Prefix),
 		Unlimited:  append(slices.Clone(trusted), parsePrefixes(&validator{}, "exempt", cfg.Exempt)...),

@@ -108,6 +108,8 @@ type Policy struct {
 	jwt       *identity.JWT
 	listener  *listener.Limits // nil without a listener section
 	penalties []penaltySpec    // penalties.go
+	press     *pressureActions // nil without a pressure section
+	auto      *autoCaps        // the auto caps computed (pressure.go)
 	// verifies is true when a rule's key or limits depend on a verified
 	// identity (a jwt or cookie key, or tiers).
 	verifies bool
@@ -170,6 +172,8 @@ func New(cfg Config) (*Policy, error) {
 	p.exempt = parsePrefixes(v, "exempt", cfg.Exempt)
 	p.jwt = compileIdentity(v, cfg.Identity)
 	defaults := compileState(v, cfg.State)
+	p.auto = newAutoCaps(cfg.Capacity)
+	defaults.auto = p.auto
 	p.reject = compileReject(v, cfg.Reject)
 	p.dryRun = compileMode(v, cfg.Mode)
 	p.rules = compileRules(v, cfg, defaults)
@@ -177,8 +181,9 @@ func New(cfg Config) (*Policy, error) {
 		p.verifies = p.verifies || !p.rules[i].byAddress() || p.rules[i].tiers != nil
 	}
 	p.penalties = compilePenalties(v, cfg, p.rules, p.dryRun)
-	p.listener = compileListener(v, cfg, parsePrefixes(&validator{}, "", cfg.ClientIP.TrustedProxies))
+	p.listener = compileListener(v, cfg, parsePrefixes(&validator{}, "", cfg.ClientIP.TrustedProxies), p.auto)
 	compileMessages(v, cfg)
+	p.press = compilePressure(v, cfg)
 	if len(v.errs) > 0 {
 		return nil, errors.Join(v.errs...)
 	}
@@ -248,6 +253,7 @@ func jwtErrorPath(err error) string {
 type stateDefaults struct {
 	maxKeys int
 	refuse  bool
+	auto    *autoCaps
 }
 
 // compileState checks the state section and returns what it gives rules.
@@ -366,12 +372,10 @@ func compileRule(v *validator, path string, rc RuleConfig, ic IdentityConfig, de
 	if !validName(rc.Name) {
 		v.add(path+".name", "must be 1-64 characters of letters, digits, '-', '_' or '.' (got %q)", rc.Name)
 	}
-	r := rule{claim: Claim{Rule: rc.Name, Conns: rc.Connections, MaxKeys: rc.MaxKeys, RefuseWhenFull: defaults.refuse}}
+	r := rule{claim: Claim{Rule: rc.Name, MaxKeys: rc.MaxKeys, RefuseWhenFull: defaults.refuse}}
 	r.kind, r.param = ruleKey(v, path+".key", rc.Key, ic)
 	r.v4, r.v6 = rulePrefixes(v, path, rc, r.kind)
-	if rc.Connections < 0 {
-		v.add(path+".connections", "must not be negative (got %d)", rc.Connections)
-	}
+	r.claim.Conns = defaults.auto.conns(v, path+".connections", rc.Connections, r.kind == keyGlobal)
 	r.claim.Limit, r.claim.Burst = ruleRate(v, path, rc)
 	if rc.Connections == 0 && rc.Rate == "" {
 		v.add(path, "rule %q limits nothing: set connections, rate, or both", rc.Name)

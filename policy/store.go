@@ -62,6 +62,8 @@ func (r Reason) String() string {
 		return "store_error"
 	case ReasonBanned:
 		return "banned"
+	case reasonPressure:
+		return "pressure"
 	default:
 		return "none"
 	}

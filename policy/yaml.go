@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"encoding"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"reflect"
 	"sort"
@@ -371,6 +373,16 @@ func (d *decoder) scalar(n ast.Node, v reflect.Value, path string) {
 		return
 	}
 	text := n.GetToken().Value
+	if u, ok := v.Addr().Interface().(encoding.TextUnmarshaler); ok {
+		// Types that parse a word of their own (capacity.Cap: an integer
+		// or "auto"); their integers take the integer path below.
+		if _, isInt := n.(*ast.IntegerNode); !isInt || v.Kind() != reflect.Int {
+			if err := u.UnmarshalText([]byte(text)); err != nil {
+				d.fail(n, path, "expected an integer or auto, got %s", describe(n))
+			}
+			return
+		}
+	}
 	switch {
 	case v.Type() == durationType:
 		dur, err := time.ParseDuration(text)
@@ -392,6 +404,15 @@ func (d *decoder) scalar(n ast.Node, v reflect.Value, path string) {
 			return
 		}
 		v.SetInt(i)
+	case v.Kind() == reflect.Float64:
+		_, isInt := n.(*ast.IntegerNode)
+		_, isFloat := n.(*ast.FloatNode)
+		f, err := strconv.ParseFloat(strings.ReplaceAll(text, "_", ""), 64)
+		if (!isInt && !isFloat) || err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+			d.fail(n, path, "expected a number, got %s", describe(n))
+			return
+		}
+		v.SetFloat(f)
 	case v.Kind() == reflect.Bool:
 		b, ok := n.(*ast.BoolNode)
 		if !ok {

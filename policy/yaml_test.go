@@ -108,7 +108,7 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate rule name", head + "  - {name: a, key: ip, connections: 1}\n  - name: a\n    key: global\n    connections: 9\n", `4:11: rules[1].name: duplicate rule name "a" (also rules[0])`},
 		{"unknown key kind", head + "  - name: a\n    key: mac\n    connections: 1\n", `4:10: rules[0].key: unknown key "mac"`},
 		{"rule limits nothing", head + "  - name: a\n    key: ip\n", `3:5: rules[0]: rule "a" limits nothing`},
-		{"string for int", head + "  - name: a\n    key: ip\n    connections: many\n", `5:18: rules[0].connections: expected an integer, got string "many"`},
+		{"string for int", head + "  - name: a\n    key: ip\n    connections: many\n", `5:18: rules[0].connections: expected an integer or auto, got string "many"`},
 		{"burst without rate", head + "  - name: a\n    key: ip\n    connections: 1\n    burst: 4\n", `6:12: rules[0].burst: burst needs a rate`},
 		{"prefix out of range", head + "  - name: a\n    key: subnet\n    ipv6_prefix: 129\n    connections: 1\n", `5:18: rules[0].ipv6_prefix: must be between 1 and 128`},
 		{"prefix on ip key", head + "  - name: a\n    key: ip\n    ipv4_prefix: 16\n    connections: 1\n", `5:18: rules[0].ipv4_prefix: prefix lengths apply only to key: subnet`},

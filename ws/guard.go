@@ -22,6 +22,7 @@ import (
 	"github.com/wslimit/wslimit/policy"
 	"github.com/wslimit/wslimit/policy/messages"
 	"github.com/wslimit/wslimit/policy/penalty"
+	"github.com/wslimit/wslimit/policy/pressure"
 )
 
 // Close codes sent in close mode.
@@ -92,6 +93,10 @@ type Options struct {
 	// Penalties holds the policy's penalty state (policy.Options.Penalties);
 	// nil means an engine of the Guard's own. Inspect lists its bans.
 	Penalties *penalty.Engine
+	// Pressure, when set, is the monitor whose level the policy's pressure
+	// section acts on (policy.Options.Pressure); the caller runs it. The
+	// inspection shows its status.
+	Pressure *pressure.Monitor
 }
 
 // Guard admits WebSocket handshakes under a policy before upgrading them.
@@ -110,6 +115,7 @@ type Guard struct {
 	ka      Keepalive // with defaults filled in; zero when off
 	msgs    *messages.Table
 	pen     *penalty.Engine
+	press   *pressure.Monitor
 
 	mu        sync.Mutex // guards the close-path bounds; orders wg.Add before Close's wg.Wait
 	closed    bool
@@ -141,8 +147,9 @@ func New(p *policy.Policy, opts Options) (*Guard, error) {
 		pen = penalty.New(penalty.Options{Now: opts.Now, Logger: opts.Logger})
 	}
 	g := &Guard{
-		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer, Penalties: pen}),
+		lim:       policy.NewLimiter(p, policy.Options{Store: store, Now: opts.Now, Logger: opts.Logger, Observer: opts.Observer, Penalties: pen, Pressure: opts.Pressure}),
 		pen:       pen,
+		press:     opts.Pressure,
 		store:     store,
 		ownStore:  opts.Store == nil,
 		up:        opts.Upgrader,

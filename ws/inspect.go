@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/wslimit/wslimit/policy"
+	"github.com/wslimit/wslimit/policy/capacity"
 	"github.com/wslimit/wslimit/policy/penalty"
+	"github.com/wslimit/wslimit/policy/pressure"
 )
 
 // DefaultInspectTop is how many keys per rule the inspection handler lists.
@@ -29,6 +31,9 @@ type Inspection struct {
 	Rules []RuleInspection `json:"rules"`
 	// Bans lists the bans in force, longest remaining first (at most top).
 	Bans []penalty.BanView `json:"bans,omitempty"`
+	// Pressure is the pressure monitor's status (Options.Pressure); nil
+	// without one.
+	Pressure *pressure.Status `json:"pressure,omitempty"`
 	// Policy is the live policy's configuration. InspectHandler serves it
 	// as written in a policy file (see writtenConfig), not in the Go
 	// encoding of Config, whose durations are integers of nanoseconds.
@@ -37,11 +42,14 @@ type Inspection struct {
 
 // RuleInspection is one rule's limits and state.
 type RuleInspection struct {
-	Name        string  `json:"name"`
-	Key         string  `json:"key"`
-	Connections int     `json:"connections,omitempty"`
-	Rate        float64 `json:"rate_per_second,omitempty"`
-	Burst       int     `json:"burst,omitempty"`
+	Name        string `json:"name"`
+	Key         string `json:"key"`
+	Connections int    `json:"connections,omitempty"`
+	// ConnectionsAuto is true when Connections was derived from the
+	// machine's capacity (connections: auto).
+	ConnectionsAuto bool    `json:"connections_auto,omitempty"`
+	Rate            float64 `json:"rate_per_second,omitempty"`
+	Burst           int     `json:"burst,omitempty"`
 	// State, present when the store can report it (policy.Inspector).
 	TrackedKeys     *int       `json:"tracked_keys,omitempty"`
 	LiveConnections *int       `json:"live_connections,omitempty"`
@@ -67,11 +75,16 @@ func (g *Guard) Inspect(top int) Inspection {
 	if in.Mode == "" {
 		in.Mode = "enforce"
 	}
+	if g.press != nil {
+		st := g.press.Status()
+		in.Pressure = &st
+	}
 	insp, _ := g.store.(policy.Inspector)
 	for i, c := range p.Rules() {
 		ri := RuleInspection{Name: c.Rule, Connections: c.Conns, Rate: float64(c.Limit), Burst: c.Burst}
 		if i < len(cfg.Rules) {
 			ri.Key = cfg.Rules[i].Key
+			ri.ConnectionsAuto = cfg.Rules[i].Connections == capacity.Auto
 		}
 		if insp != nil {
 			st := insp.Stats(c.Rule)

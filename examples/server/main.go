@@ -34,6 +34,7 @@ import (
 	"github.com/wslimit/wslimit/policy"
 	"github.com/wslimit/wslimit/policy/listener"
 	"github.com/wslimit/wslimit/policy/penalty"
+	"github.com/wslimit/wslimit/policy/pressure"
 	"github.com/wslimit/wslimit/policy/prom"
 	"github.com/wslimit/wslimit/policy/redisstore"
 	"github.com/wslimit/wslimit/policy/reload"
@@ -84,7 +85,18 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 		return err
 	}
 	defer store.Close()
-	g, reg, err := newGuard(p, store, log)
+	// The pressure monitor samples once per interval on a goroutine of its
+	// own; the guard's limiter gives it the pressure section of every
+	// policy it takes (none: it samples nothing). Its connections signal is
+	// the TCP connections the listener holds (WebSockets and keep-alive).
+	var capped *listener.Listener // set once listening
+	mon := pressure.New(nil, pressure.Options{Logger: log, Connections: func() int {
+		if capped == nil {
+			return 0
+		}
+		return capped.Stats().Live
+	}})
+	g, reg, err := newGuard(p, store, mon, log)
 	if err != nil {
 		return err
 	}
@@ -99,6 +111,7 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 		return err
 	}
 	lns = append(lns, ln)
+	capped, _ = ln.(*listener.Listener) // before mon.Run starts: no race
 	if adminAddr != "" {
 		aln, err := net.Listen("tcp", adminAddr)
 		if err != nil {
@@ -112,6 +125,7 @@ func run(addr, adminAddr, policyFile string, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() { _ = g.Penalties().Run(ctx) }() // shares bans through Redis, if the store is
+	go mon.Run(ctx)
 	if policyFile != "" {
 		// Hot reload: on file change or SIGHUP; a bad file is logged with
 		// file:line:col and the running policy stays.
@@ -195,7 +209,7 @@ func listen(addr string, p *policy.Policy, reg *prometheus.Registry, log *slog.L
 // newGuard returns the demo's guard, with a Prometheus observer registered
 // in a registry of its own (with the Go and process collectors) for the
 // admin listener's /metrics.
-func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard, *prometheus.Registry, error) {
+func newGuard(p *policy.Policy, store policy.Store, mon *pressure.Monitor, log *slog.Logger) (*ws.Guard, *prometheus.Registry, error) {
 	var opts prom.Options
 	if ms, ok := store.(*policy.MemoryStore); ok {
 		opts.Store = ms // tracked keys, buckets, evictions per rule
@@ -219,6 +233,9 @@ func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard
 	}
 	pen := penalty.New(popts)
 	reg.MustRegister(prom.NewPenaltyCollector(pen, prom.Options{}))
+	if mon != nil {
+		reg.MustRegister(prom.NewPressureCollector(mon, prom.Options{}))
+	}
 	g, err := ws.New(p, ws.Options{
 		Penalties: pen,
 		Store:     store,
@@ -227,6 +244,7 @@ func newGuard(p *policy.Policy, store policy.Store, log *slog.Logger) (*ws.Guard
 		Upgrader:  websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
 
 		Keepalive: ws.Keepalive{PingInterval: 20 * time.Second, PongWait: 30 * time.Second, WriteTimeout: 10 * time.Second},
+		Pressure:  mon,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -266,7 +284,7 @@ func newMux(g *ws.Guard, reg *prometheus.Registry) *http.ServeMux {
 		if err != nil {
 			return // the rejection or upgrade error is already written
 		}
-		defer conn.Close() // releases every slot this connection holds
+		defer conn.Close()         // releases every slot this connection holds
 		conn.SetReadLimit(1 << 20) // a backstop: the policy's messages.max_size refuses first, with a reason
 		for {
 			mt, msg, err := conn.ReadMessage()

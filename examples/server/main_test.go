@@ -29,7 +29,7 @@ func TestDemoServer(t *testing.T) {
 	}
 	store := policy.NewMemoryStore()
 	defer store.Close()
-	g, reg, err := newGuard(p, store, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g, reg, err := newGuard(p, store, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

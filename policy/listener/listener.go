@@ -33,6 +33,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wslimit/wslimit/keys"
+	"github.com/wslimit/wslimit/policy/capacity"
 )
 
 // Refusal reasons, as counted in Stats and passed to Options.OnRefuse.
@@ -60,8 +61,9 @@ type Config struct {
 	IPv4Prefix int `yaml:"ipv4_prefix" json:"ipv4_prefix,omitempty"`
 	// IPv6Prefix is the subnet prefix length for IPv6 peers (default 64).
 	IPv6Prefix int `yaml:"ipv6_prefix" json:"ipv6_prefix,omitempty"`
-	// Global caps open connections in all; 0 means no cap.
-	Global int `yaml:"global" json:"global,omitempty"`
+	// Global caps open connections in all; 0 means no cap; capacity.Auto
+	// (`auto`) derives it from RLIMIT_NOFILE (package policy/capacity).
+	Global capacity.Cap `yaml:"global" json:"global,omitempty"`
 	// Rate bounds accepted connections, all peers together: "200/s";
 	// empty means no rate limit. A connection over it is closed at once.
 	Rate string `yaml:"rate" json:"rate,omitempty"`
