@@ -14,6 +14,7 @@ import (
 	"github.com/wslimit/wslimit/keys"
 	"github.com/wslimit/wslimit/policy"
 	"github.com/wslimit/wslimit/policy/messages"
+	"github.com/wslimit/wslimit/policy/penalty"
 )
 
 // Close codes of the messages limits (see policy/messages).
@@ -204,6 +205,9 @@ func (mr *meteredReader) Read(p []byte) (int, error) {
 
 // act throttles (waits, reading nothing) or closes as res says.
 func (c *Conn) act(res messages.Result) error {
+	// A message a limit throttles or closes is one offence for the
+	// penalties that count messages (offences.messages).
+	c.d.Offender.Offend(penalty.KindMessage)
 	if res.Code != 0 {
 		return c.closeLimited(res)
 	}

@@ -2,6 +2,7 @@ package ws
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -591,4 +592,42 @@ messages:
 	}
 	c.Close()
 	eventually(t, "the entry dropped with the connection", func() bool { return g.Messages().Keys() == 0 })
+}
+
+// TestMessageViolationsAreOffences: a connection closed by a messages
+// limit is an offence for a penalty counting messages; with threshold 1
+// its address is banned, so its next handshake is refused as banned.
+func TestMessageViolationsAreOffences(t *testing.T) {
+	doc := closeDoc + `penalties:
+  - name: flooders
+    key: ip
+    offences: {messages: true}
+    threshold: 1
+    window: 1m
+    ban: 10m
+`
+	s := newMsgServer(t, doc, func(c *Conn, _ *http.Request, _ time.Time) {
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})
+	c := dialFrom(t, s.url(""), nil)
+	go func() {
+		for i := 0; i < 200 && c.WriteMessage(websocket.TextMessage, []byte("x")) == nil; i++ {
+		}
+	}()
+	if ce := readClose(t, c); ce.Code != websocket.ClosePolicyViolation {
+		t.Fatalf("close: got %d %q, want 1008", ce.Code, ce.Text)
+	}
+	eventually(t, "the flooder's address banned", func() bool { return len(s.g.Penalties().Views(10)) == 1 })
+	d := websocket.Dialer{HandshakeTimeout: slack}
+	_, resp, err := d.Dial(s.url(""), nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("handshake after the ban: err %v, resp %v; want 429", err, resp)
+	}
+	if body, _ := io.ReadAll(resp.Body); !strings.Contains(string(body), `"banned"`) {
+		t.Fatalf("refusal body %q, want reason banned", body)
+	}
 }
