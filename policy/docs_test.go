@@ -78,7 +78,7 @@ func schemaFields(t reflect.Type, prefix string, fields, sections map[string]boo
 
 var (
 	headingRE = regexp.MustCompile("^#{2,3} (?:`([^`]+)`|(Top level))")
-	cellRE    = regexp.MustCompile("`([a-z0-9_]+)`")
+	cellRE    = regexp.MustCompile("`([a-z0-9_]+(?:(?:\\[\\])?\\.[a-z0-9_]+)*)`")
 )
 
 // docFields reads the field tables of docs/policy.md: under a heading that
@@ -110,7 +110,7 @@ func docFields(t *testing.T, path string) (fields, sections map[string]bool) {
 		sections[section] = true
 		first := strings.SplitN(line, "|", 3)[1]
 		for _, m := range cellRE.FindAllStringSubmatch(first, -1) {
-			fields[join(section, m[1])] = true
+			documentPath(section, m[1], fields, sections)
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -126,4 +126,19 @@ func sorted(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// documentPath records the row name name of section: a dotted name
+// (offences.refused, limits[].name) documents each field on its way and
+// makes each mapping on its way a section.
+func documentPath(section, name string, fields, sections map[string]bool) {
+	parts := strings.Split(name, ".")
+	for i, part := range parts {
+		field := strings.TrimSuffix(part, "[]")
+		fields[join(section, field)] = true
+		if i < len(parts)-1 {
+			section = join(section, part)
+			sections[section] = true
+		}
+	}
 }

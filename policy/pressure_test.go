@@ -174,7 +174,7 @@ func TestPressureParseErrors(t *testing.T) {
 		{"factor", head + "pressure:\n  fds: {}\n  scale: {rules: [a], factor: 1.5}\n", "pressure.scale.factor: must be in (0, 1] (got 1.5)"},
 		{"factor not a number", head + "pressure:\n  fds: {}\n  scale: {rules: [a], factor: half}\n", `expected a number, got string "half"`},
 		{"unverified needs jwt", head + "pressure:\n  fds: {}\n  refuse_unverified: true\n", "p.yaml:6:22: pressure.refuse_unverified: needs identity.jwt"},
-		{"no action", head + "pressure:\n  heap: {enter: 0.9}\n", "p.yaml:5:3: pressure: no action"},
+		{"no action", head + "pressure:\n  heap: {enter: 0.9}\n", "p.yaml:4:1: pressure: no action"},
 		{"leave above enter", head + "pressure:\n  heap: {enter: 0.5, leave: 0.7}\n  tighten_penalties: true\n", "pressure.heap.leave: must be at least 0 and below enter 0.5 (got 0.7)"},
 		{"auto on ip", "version: 1\nrules:\n  - {name: a, key: ip, connections: auto}\n", "p.yaml:3:37: rules[0].connections: auto is only for caps of the whole process"},
 		{"auto bad word", "version: 1\nrules:\n  - {name: a, key: global, connections: lots}\n", `rules[0].connections: expected an integer or auto, got string "lots"`},

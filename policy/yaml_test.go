@@ -285,7 +285,7 @@ func TestParseErrorPositions(t *testing.T) {
 				`p.yaml:4:11: rules[0].rate: rate "fast": want COUNT/PERIOD such as 10/s, 100/m, 5/h or 3/10s`,
 				`p.yaml:5:5: rules[0].conections: unknown field "conections" (known: burst, connections, ipv4_prefix, ipv6_prefix, key, max_keys, name, on_missing, rate, tiers)`,
 				`p.yaml:6:7: mode: must be enforce or dry_run (got "enforcing")`,
-				`p.yaml:7:1: sate: unknown field "sate" (known: client_ip, exempt, identity, listener, mode, reject, rules, state, version)`,
+				`p.yaml:7:1: sate: unknown field "sate" (known: capacity, client_ip, exempt, identity, listener, messages, mode, penalties, pressure, reject, rules, state, version)`,
 			}},
 		{"a misspelt only limit is one problem", "version: 1\nrules:\n  - name: a\n    key: ip\n    conections: 5\n",
 			[]string{`p.yaml:5:5: rules[0].conections: unknown field "conections" (known: burst, connections, ipv4_prefix, ipv6_prefix, key, max_keys, name, on_missing, rate, tiers)`}},
