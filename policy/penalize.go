@@ -72,6 +72,7 @@ func (l *Limiter) judge(r *http.Request, d *Decision) {
 	if len(p.penalties) == 0 || d.Exempt {
 		return
 	}
+	l.tighten()
 	now := l.now()
 	who := requestIdentity{p: p, r: r, now: l.now, d: d}
 	for i := range p.penalties {
@@ -97,4 +98,22 @@ func (l *Limiter) judge(r *http.Request, d *Decision) {
 			d.Offender = t.Track(d.Offender, now, k, s.shortLived, s.messages)
 		}
 	}
+}
+
+// tightenFactor scales every penalty's threshold while the pressure
+// section's tighten_penalties applies: half as many offences earn a ban.
+const tightenFactor = 0.5
+
+// tighten applies the pressure monitor's tighten_penalties to the penalty
+// engine (a no-op without a monitor): thresholds are halved while the
+// level is above 0 and restored when it falls.
+func (l *Limiter) tighten() {
+	if l.press == nil {
+		return
+	}
+	f := 1.0
+	if l.press.TightenPenalties() {
+		f = tightenFactor
+	}
+	l.pen.engine.SetThresholdFactor(f)
 }

@@ -289,3 +289,48 @@ func TestPressureReload(t *testing.T) {
 		t.Error("section removed: level 1")
 	}
 }
+
+// TestPressureTightensPenalties: with tighten_penalties, a penalty whose
+// threshold is 4 bans after 2 offences while under pressure, and after 4
+// again once the level falls.
+func TestPressureTightensPenalties(t *testing.T) {
+	doc := `version: 1
+rules:
+  - {name: per-ip, key: ip, connections: 1}
+penalties:
+  - {name: capped, key: ip, offences: {refused: [per-ip]}, threshold: 4, window: 1h, ban: 1h}
+pressure:
+  connections: {cap: 100, enter: 0.5, leave: 0.25}
+  tighten_penalties: true
+`
+	h := newPressureHarness(t, doc)
+	ctx := context.Background()
+	offend := func(addr string, n int) *Decision {
+		hold := h.lim.Admit(ctx, request(addr+":1"))
+		if !hold.Allowed {
+			t.Fatalf("%s: first connection refused by %s/%s", addr, hold.Rule, hold.Reason)
+		}
+		defer hold.Release()
+		for range n {
+			if d := h.lim.Admit(ctx, request(addr+":2")); d.Allowed {
+				t.Fatalf("%s: a second connection admitted past the cap of 1", addr)
+			}
+		}
+		return h.lim.Admit(ctx, request(addr+":3"))
+	}
+	if h.set(60) != 1 {
+		t.Fatal("60 of 100 with enter 0.5: level 0")
+	}
+	if d := offend("192.0.2.1", 2); d.Reason != ReasonBanned {
+		t.Errorf("under pressure, after 2 offences of threshold 4: reason %s, want banned", d.Reason)
+	}
+	if h.set(10) != 0 {
+		t.Fatal("10 of 100 with leave 0.25: level 1")
+	}
+	if d := offend("192.0.2.2", 2); d.Reason == ReasonBanned {
+		t.Error("level 0, after 2 offences of threshold 4: banned, want the threshold restored")
+	}
+	if d := offend("192.0.2.3", 4); d.Reason != ReasonBanned {
+		t.Errorf("level 0, after 4 offences of threshold 4: reason %s, want banned", d.Reason)
+	}
+}

@@ -36,9 +36,9 @@ type Config struct {
 	// token is admitted under pressure only when its claim Claim has one
 	// of Values. Needs RefuseUnverified.
 	KeepTiers *KeepTiers `yaml:"keep_tiers" json:"keep_tiers,omitempty"`
-	// TightenPenalties asks the penalty engine to be stricter while under
-	// pressure (Monitor.TightenPenalties); it takes effect once penalties
-	// read it.
+	// TightenPenalties halves the penalties' thresholds while under
+	// pressure: the Limiter reads Monitor.TightenPenalties at each
+	// handshake it judges and sets the engine's threshold factor.
 	TightenPenalties bool `yaml:"tighten_penalties" json:"tighten_penalties,omitempty"`
 }
 
