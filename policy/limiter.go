@@ -112,9 +112,9 @@ type Decision struct {
 	// WouldReject is true in dry-run mode when enforcement would have
 	// refused; Rule, Reason and RetryAfter then say why.
 	WouldReject bool
-	// InvalidToken is true when the request carried a token that failed
-	// verification; it was treated as no token. The token itself is never
-	// kept.
+	// InvalidToken is true when the request carried a token, or a session
+	// cookie of a verified cookie rule, that failed verification; it was
+	// treated as absent. The value itself is never kept.
 	InvalidToken bool
 	// Reason says why.
 	Reason Reason
@@ -441,7 +441,11 @@ func (ru *rule) key(r *http.Request, who *requestIdentity) (keys.Key, bool) {
 		if ru.cookie == nil {
 			return keys.Key{}, false
 		}
-		return ru.cookie.Identify(r)
+		k, ok := ru.cookie.Identify(r)
+		if !ok && ru.cookie.Verify != nil && who.d != nil && ru.cookie.Present(r) {
+			who.d.InvalidToken = true // present, refused by Verify
+		}
+		return k, ok
 	}
 	return keys.Key{}, false
 }

@@ -75,8 +75,8 @@ func compilePenalty(v *validator, path string, pc penalty.Config, cfg Config, ru
 	if s.key.kind == keyCookie {
 		s.key.cookie = newCookie(s.key.param, cfg.Identity.Session)
 	}
-	if s.invalid && cfg.Identity.JWT == nil {
-		v.add(path+".offences.invalid_identity", "needs identity.jwt: there is no token to verify")
+	if s.invalid && cfg.Identity.JWT == nil && !verifiesCookies(cfg) {
+		v.add(path+".offences.invalid_identity", "needs identity.jwt or a verified session cookie (identity.session): there is nothing to verify")
 	}
 	if s.invalid && s.key.kind == keyJWT {
 		v.add(path+".offences.invalid_identity", "an invalid token has no verified claim to ban: key it by ip or subnet")
@@ -136,4 +136,11 @@ func (s *penaltySpec) keyOf(r *http.Request, ip netip.Addr, hasIP bool, who *req
 		return s.key.addressKey(r, ip, hasIP)
 	}
 	return s.key.key(r, who)
+}
+
+// verifiesCookies reports whether cfg's session cookies are verified, so
+// that a cookie can be present and invalid.
+func verifiesCookies(cfg Config) bool {
+	s := cfg.Identity.Session
+	return s != nil && (s.Verify != nil || s.HMACSecretEnv != "")
 }

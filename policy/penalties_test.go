@@ -201,3 +201,38 @@ func TestPenaltyErrors(t *testing.T) {
 }
 
 func keysIP(s string) keys.Key { return keys.IP(netip.MustParseAddr(s)) }
+
+// TestInvalidCookieIsAnOffence: a session cookie that fails its HMAC is an
+// invalid identity (an offence), an absent cookie is not; after 2 invalid
+// cookies the address is banned.
+func TestInvalidCookieIsAnOffence(t *testing.T) {
+	t.Setenv("WSLIMIT_COOKIE_SECRET", "a cookie secret of thirty-two bytes!")
+	doc := `version: 1
+identity:
+  session: {cookie: sid, hmac_secret_env: WSLIMIT_COOKIE_SECRET}
+rules:
+  - {name: per-session, key: cookie, connections: 10}
+penalties:
+  - {name: forged, key: ip, offences: {invalid_identity: true}, threshold: 2, window: 1m, ban: 1m}
+`
+	now := time.Unix(1_000_000, 0)
+	l := NewLimiter(mustParse(t, doc), Options{Now: fixedClock(&now)})
+	admit := func(addr string, h ...string) *Decision {
+		d := l.Admit(context.Background(), request(addr, h...))
+		d.Release()
+		return d
+	}
+	for range 3 {
+		if d := admit("192.0.2.20:1"); d.InvalidToken || d.Reason == ReasonBanned {
+			t.Fatalf("no cookie: invalid %v reason %s, want neither", d.InvalidToken, d.Reason)
+		}
+	}
+	for i := range 2 {
+		if d := admit("192.0.2.21:1", "Cookie", "sid=alice.forgedmacforgedmacforgedmacforgedmacfor"); !d.InvalidToken {
+			t.Fatalf("forged cookie %d: InvalidToken false", i)
+		}
+	}
+	if d := admit("192.0.2.21:1"); d.Reason != ReasonBanned {
+		t.Fatalf("after 2 forged cookies: reason %s, want banned", d.Reason)
+	}
+}

@@ -64,6 +64,18 @@ func (c *Cookie) Identify(r *http.Request) (keys.Key, bool) {
 	return keys.BoundedString(id), true
 }
 
+// Present reports whether r carries a well-formed, non-empty cookie
+// c.Name, whether or not Verify accepts it: with Identify, it tells a
+// cookie that failed verification (an offence, for penalties) from an
+// absent one.
+func (c *Cookie) Present(r *http.Request) bool {
+	if c == nil || r == nil || !isToken(c.Name) {
+		return false
+	}
+	v, ok := cookieValue(r.Header, c.Name)
+	return ok && v != ""
+}
+
 // cookieValue returns the value of the first well-formed cookie called name
 // in h, parsed as net/http parses Cookie headers (quotes stripped, pairs
 // with invalid bytes skipped), without allocating.

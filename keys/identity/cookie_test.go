@@ -152,3 +152,24 @@ func TestHMACCookieVerifier(t *testing.T) {
 		t.Errorf("Identify accepted a tampered cookie")
 	}
 }
+
+// TestCookiePresent: Present tells a cookie Verify refuses from an absent
+// or empty one.
+func TestCookiePresent(t *testing.T) {
+	c := &Cookie{Name: "sid", Verify: func(string) (string, bool) { return "", false }}
+	for _, tc := range []struct {
+		header string
+		want   bool
+	}{{"", false}, {"sid=", false}, {"other=x", false}, {"sid=forged", true}, {"a=1; sid=\"v\"", true}} {
+		r, _ := http.NewRequest("GET", "/", nil)
+		if tc.header != "" {
+			r.Header.Set("Cookie", tc.header)
+		}
+		if _, ok := c.Identify(r); ok {
+			t.Errorf("%q: Identify accepted a value Verify refuses", tc.header)
+		}
+		if got := c.Present(r); got != tc.want {
+			t.Errorf("%q: Present %v, want %v", tc.header, got, tc.want)
+		}
+	}
+}
