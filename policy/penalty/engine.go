@@ -131,8 +131,10 @@ func (e *Engine) Configure(ps []Params) []*Table {
 // (at least one offence), to tighten penalties under pressure; 1 restores
 // them. Other values are ignored.
 func (e *Engine) SetThresholdFactor(f float64) {
-	if f > 0 && f <= 1 {
-		e.factor.Store(math.Float64bits(f))
+	// Called at every judged handshake: store only a change, so the
+	// cores do not trade the cache line for an unchanged value.
+	if b := math.Float64bits(f); f > 0 && f <= 1 && e.factor.Load() != b {
+		e.factor.Store(b)
 	}
 }
 
