@@ -63,8 +63,11 @@ type Limiter struct {
 	// address over its rate is refused before any token is verified
 	// (refusals.go).
 	refused *refusals
-	pen     penalties         // penalize.go
-	press   *pressure.Monitor // nil without one (pressure.go)
+	// checks is true when the store answers refusedByAddress's check
+	// (MemoryStore): full caps are then asked of it, not remembered.
+	checks bool
+	pen    penalties         // penalize.go
+	press  *pressure.Monitor // nil without one (pressure.go)
 }
 
 // NewLimiter returns a Limiter enforcing p.
@@ -73,6 +76,7 @@ func NewLimiter(p *Policy, opts Options) *Limiter {
 	if l.store == nil {
 		l.store = NewMemoryStore()
 	}
+	_, l.checks = l.store.(checker)
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -197,6 +201,7 @@ func (d *Decision) Release() bool {
 	if err := d.l.store.Release(ctx, d.lease, d.claims); err != nil && d.l.log != nil {
 		d.l.log.LogAttrs(ctx, slog.LevelWarn, "wslimit: release failed", slog.String("error", err.Error()))
 	}
+	d.l.forgetCaps(d.claims)
 	d.Offender.Closed()
 	if d.l.obs != nil {
 		d.l.obs.Released(d)
@@ -253,9 +258,9 @@ func (l *Limiter) admit(ctx context.Context, r *http.Request) *Decision {
 		return d
 	}
 	d.claims = claims
+	l.remember(p, now, claims, v)
 	if !v.OK {
 		d.refusedBy(p, v)
-		l.remember(p, now, claims, v)
 		return d
 	}
 	d.lease, d.held = lease, true

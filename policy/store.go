@@ -78,8 +78,16 @@ type Verdict struct {
 	// Reason says why that claim was refused.
 	Reason Reason
 	// RetryAfter is, for ReasonRate, the time until that bucket holds a token
-	// again. Zero when unknown.
+	// again; for an admission with Empty set, the time until the first of
+	// those buckets does. Zero when unknown.
 	RetryAfter time.Duration
+	// Full and Empty, on an admission, may mark the claims whose cap this
+	// admission filled (bit i for claims[i], the first 64) and whose bucket
+	// it emptied. A store without a check of its own (one round trip per
+	// admission, as Redis) reports them so that the Limiter refuses the
+	// key's next handshakes before verifying any token or asking the store
+	// (refusals.go); zero means nothing is known.
+	Full, Empty uint64
 }
 
 // Lease identifies the slots one admission holds in a Store. It is passed

@@ -24,9 +24,13 @@ import "github.com/redis/go-redis/v9"
 // ARGV[3i+3] = connection cap (0: none), ARGV[3i+4] = tokens per ms (0: no
 // bucket), ARGV[3i+5] = burst.
 //
-// Returns {1, seq} when admitted, {0, i, reason, retry_ms, seq} naming the
-// first claim refused (reason 1 = connection cap, 2 = rate; retry_ms is the
-// time until the bucket holds one token, -1 when never), {2} when this
+// Returns {1, full, empty, wait_ms, seq} when admitted (full and empty: bit
+// i-1 set when this admission filled claim i's cap or emptied its bucket;
+// wait_ms: the time until the first of those buckets holds a token again),
+// {1, seq} for a retry of an admission that committed, {0, i, reason,
+// retry_ms, seq} naming the first claim refused (reason 1 = connection
+// cap, 2 = rate; retry_ms is the time until the bucket holds one token, -1
+// when never), {2} when this
 // instance must register its leases again before Redis can decide (the
 // epoch is not the one it registered under, or the sequence went back: Redis
 // lost data), and {3, seq} when Redis is recovering from a data loss, this
@@ -157,9 +161,13 @@ for i = 1, n do
   end
 end
 
--- Commit: every check passed.
+-- Commit: every check passed. full and empty mark (bit i-1) the claims
+-- whose cap this admission fills and whose bucket it empties, wait the
+-- first of those buckets' next token: the caller remembers them.
+local full, empty, wait = 0, 0, 0
 for i = 1, n do
   local card = cards[i]
+  if card and i <= 52 and card + 1 >= caps[i] then full = full + 2 ^ (i - 1) end
   if card then
     local ck = KEYS[2*i+2]
     if i ~= first then redis.call('ZADD', ck, exp, member) end
@@ -184,12 +192,17 @@ for i = 1, n do
     tk = tk - 1
     -- The key lives until the bucket would be full again: a full bucket
     -- is the same as none.
-    local full = math.ceil((bursts[i] - tk) / rate)
-    if full < 1 then full = 1 end
-    redis.call('SET', KEYS[2*i+3], string.format('%.17g %d', tk, now), 'PX', full)
+    local life = math.ceil((bursts[i] - tk) / rate)
+    if life < 1 then life = 1 end
+    redis.call('SET', KEYS[2*i+3], string.format('%.17g %d', tk, now), 'PX', life)
+    if tk < 1 and i <= 52 then
+      local w = math.ceil((1 - tk) / rate)
+      empty = empty + 2 ^ (i - 1)
+      if wait == 0 or w < wait then wait = w end
+    end
   end
 end
-return {1, seq}
+return {1, full, empty, wait, seq}
 `
 
 // releaseSrc removes lease members: KEYS[i] loses member ARGV[i]. An empty

@@ -127,7 +127,8 @@ type Options struct {
 type Stats struct {
 	// Live is the number of leases with connection slots this store holds.
 	Live int
-	// Pending is the number of slot releases waiting for Redis to answer.
+	// Pending is the number of slot releases waiting for Redis to answer,
+	// queued or in a sync under way.
 	Pending int
 	// Errors counts failed Redis calls (errors and timeouts).
 	Errors uint64
@@ -189,6 +190,7 @@ type Store struct {
 	credit  map[string]int    // pending releases per lease set that Redis surely still counts (counted, not sent)
 	maybe   map[string]int    // the same, counted and sent once (see slot)
 	syncing int               // syncs between plan and their outcome
+	sending int               // pending releases taken by syncs in flight
 
 	emu      sync.Mutex
 	ep       epochState
@@ -538,7 +540,12 @@ func (s *Store) Admit(ctx context.Context, now time.Time, claims []policy.Claim)
 		if len(rec.conns) > 0 {
 			s.track(id, rec, ep)
 		}
-		return policy.Lease{ID: id}, policy.Verdict{OK: true}, nil
+		v := policy.Verdict{OK: true}
+		if len(res) == 5 { // not a retry that found its lease committed
+			v.Full, v.Empty = uint64(res[1]), uint64(res[2])
+			v.RetryAfter = time.Duration(res[3]) * time.Millisecond
+		}
+		return policy.Lease{ID: id}, v, nil
 	case 3:
 		return s.degrade(ctx, now, claims)
 	}
@@ -616,7 +623,7 @@ func validReply(res []int64) bool {
 	case len(res) == 2:
 		return res[0] == 1 || res[0] == 3
 	default:
-		return len(res) == 5 && res[0] == 0
+		return len(res) == 5 && (res[0] == 0 || res[0] == 1)
 	}
 }
 
@@ -734,7 +741,7 @@ func (s *Store) Close() error {
 // policy.Inspector method, which reads Redis.)
 func (s *Store) Snapshot() Stats {
 	s.mu.Lock()
-	live, pending := len(s.leases), len(s.pending)
+	live, pending := len(s.leases), len(s.pending)+s.sending
 	s.mu.Unlock()
 	return Stats{
 		Live:        live,

@@ -144,9 +144,10 @@ type syncPlan struct {
 	order  []string            // lease set keys, in order
 	groups map[string][]string // lease set key → live members
 	recs   []*lease            // the live leases read
-	pend   []slot
-	took   []slot // the slots the live leases took over, removed as they are registered
-	outage bool   // this instance could not reach Redis since its last sync
+	pend   []slot              // the pending releases it took (Stats.Pending counts them until settled)
+	took   []slot              // the slots the live leases took over, removed as they are registered
+	outage bool                // this instance could not reach Redis since its last sync
+	back   bool                // pend was put back in the queue
 }
 
 // syncOnce sends, in one round trip: the epoch check and heartbeat
@@ -155,13 +156,13 @@ type syncPlan struct {
 func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 	gen := s.want.Load()
 	plan := s.plan(mode)
-	defer s.syncDone()
+	defer s.syncDone(&plan)
 	if mode == syncPending && len(plan.pend) == 0 {
 		return nil
 	}
 	if !s.acquireFor(ctx, s.budget) {
 		s.br.abandon(time.Now()) // a probe without a connection tells nothing: hand it on
-		s.requeue(plan.pend, false)
+		s.requeue(&plan, false)
 		return errors.New("redisstore: no connection for the sync")
 	}
 	t0 := time.Now()
@@ -172,7 +173,7 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 	s.lat.observe(time.Since(t0))
 	s.releaseSlot()
 	if err != nil {
-		s.requeue(plan.pend, !notDialed(err))
+		s.requeue(&plan, !notDialed(err))
 		if s.ctx.Err() != nil && ctx.Err() != nil {
 			s.br.abandon(time.Now()) // Close cut the call short
 			return err
@@ -217,20 +218,32 @@ func (s *Store) plan(mode syncMode) syncPlan {
 		}
 	}
 	p.pend = s.takePendingLocked()
+	s.sending += len(p.pend)
 	s.syncing++
 	return p
 }
 
-// syncDone ends what plan started: the sync is over.
-func (s *Store) syncDone() {
+// syncDone ends what plan started: the sync is over, its releases sent or
+// put back.
+func (s *Store) syncDone(p *syncPlan) {
 	s.mu.Lock()
 	s.syncing--
+	if !p.back {
+		s.sending -= len(p.pend)
+	}
 	s.mu.Unlock()
 }
 
 // requeue puts back the releases of a failed sync; sent as in queueSlots.
-func (s *Store) requeue(pend []slot, sent bool) {
-	s.queueSlots(pend, sent)
+func (s *Store) requeue(p *syncPlan, sent bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sending -= len(p.pend)
+	p.back = true
+	for _, sl := range p.pend {
+		sl.sent = sl.sent || sent
+		s.queueLocked(sl)
+	}
 }
 
 // exec sends the plan as one pipeline, with EVAL instead of EVALSHA when
