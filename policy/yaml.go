@@ -337,6 +337,30 @@ func (d *decoder) atKey(mv *ast.MappingValueNode, path string) {
 	}
 }
 
+// adjacentPair returns "k:v" for a one-entry mapping written k:v, with no
+// space after the colon: YAML reads that as one plain scalar, but the
+// parser makes a mapping of it inside a flow collection nested in a flow
+// mapping ({from: [header:Authorization]}).
+func adjacentPair(n ast.Node) (string, bool) {
+	if m, ok := n.(*ast.MappingNode); ok && len(m.Values) == 1 {
+		n = m.Values[0]
+	}
+	mv, ok := n.(*ast.MappingValueNode)
+	if !ok {
+		return "", false
+	}
+	k, kok := mv.Key.(*ast.StringNode)
+	v, vok := mv.Value.(*ast.StringNode)
+	if !kok || !vok {
+		return "", false
+	}
+	kp, vp := k.GetToken().Position, v.GetToken().Position
+	if kp.Line != vp.Line || vp.Column != kp.Column+len(k.Value)+1 {
+		return "", false
+	}
+	return k.Value + ":" + v.Value, true
+}
+
 // decodeMap decodes a mapping into the map v.
 func (d *decoder) decodeMap(n ast.Node, v reflect.Value, path string, depth int) {
 	values, ok := mappingValues(n)
@@ -367,12 +391,16 @@ func (d *decoder) decodeMap(n ast.Node, v reflect.Value, path string, depth int)
 }
 
 func (d *decoder) scalar(n ast.Node, v reflect.Value, path string) {
+	text, joined := adjacentPair(n)
 	switch n.(type) {
 	case *ast.MappingNode, *ast.SequenceNode, *ast.MappingValueNode:
-		d.fail(n, path, "expected a single value, got %s", describe(n))
-		return
+		if !joined || v.Kind() != reflect.String {
+			d.fail(n, path, "expected a single value, got %s", describe(n))
+			return
+		}
+	default:
+		text = n.GetToken().Value
 	}
-	text := n.GetToken().Value
 	if u, ok := v.Addr().Interface().(encoding.TextUnmarshaler); ok {
 		// Types that parse a word of their own (capacity.Cap: an integer
 		// or "auto"); their integers take the integer path below.

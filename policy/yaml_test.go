@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -304,5 +305,26 @@ func TestParseErrorPositions(t *testing.T) {
 				t.Errorf("error is not a located *Error: %#v", err)
 			}
 		})
+	}
+}
+
+// TestFlowPairIsOneValue: k:v without a space after the colon is one
+// plain scalar in YAML; the parser makes a mapping of it in a flow
+// sequence inside a flow mapping, and the decoder reads it back as the
+// string. With a space it is a mapping, and an error.
+func TestFlowPairIsOneValue(t *testing.T) {
+	t.Setenv("WSLIMIT_TEST_SECRET", "test secret: 32 bytes or more, for HS256")
+	const doc = "version: 1\nidentity:\n  jwt: {from: [header:Authorization, query:token], algorithms: [HS256], secret_env: WSLIMIT_TEST_SECRET}\n" +
+		"rules:\n  - {name: a, key: jwt, connections: 1}\n"
+	p, err := Parse([]byte(doc), "flow.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Config().Identity.JWT.From; !slices.Equal(got, []string{"header:Authorization", "query:token"}) {
+		t.Errorf("from = %q", got)
+	}
+	spaced := strings.Replace(doc, "[header:Authorization,", "[header: Authorization,", 1)
+	if _, err := Parse([]byte(spaced), "flow.yaml"); err == nil || !strings.Contains(err.Error(), "expected a single value, got a mapping") {
+		t.Errorf("spaced pair: err = %v, want a mapping refused", err)
 	}
 }
