@@ -390,16 +390,24 @@ func (d *decoder) decodeMap(n ast.Node, v reflect.Value, path string, depth int)
 	}
 }
 
-func (d *decoder) scalar(n ast.Node, v reflect.Value, path string) {
-	text, joined := adjacentPair(n)
+// scalarText returns the text of the single value n, for v; false (and
+// the error recorded) when n is a collection.
+func (d *decoder) scalarText(n ast.Node, v reflect.Value, path string) (string, bool) {
 	switch n.(type) {
 	case *ast.MappingNode, *ast.SequenceNode, *ast.MappingValueNode:
-		if !joined || v.Kind() != reflect.String {
-			d.fail(n, path, "expected a single value, got %s", describe(n))
-			return
+		if text, joined := adjacentPair(n); joined && v.Kind() == reflect.String {
+			return text, true
 		}
-	default:
-		text = n.GetToken().Value
+		d.fail(n, path, "expected a single value, got %s", describe(n))
+		return "", false
+	}
+	return n.GetToken().Value, true
+}
+
+func (d *decoder) scalar(n ast.Node, v reflect.Value, path string) {
+	text, ok := d.scalarText(n, v, path)
+	if !ok {
+		return
 	}
 	if u, ok := v.Addr().Interface().(encoding.TextUnmarshaler); ok {
 		// Types that parse a word of their own (capacity.Cap: an integer
