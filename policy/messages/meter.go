@@ -131,6 +131,10 @@ func (t *Table) SetLimits(l *Limits) {
 	t.lim.Store(l)
 }
 
+// Limited reports whether the table has limits: without them Open
+// returns nil, and a caller can skip building its keyOf.
+func (t *Table) Limited() bool { return t.lim.Load() != nil }
+
 // Keys returns the number of per-key entries.
 func (t *Table) Keys() int {
 	t.mu.Lock()
