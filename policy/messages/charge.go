@@ -118,9 +118,11 @@ func (m *Meter) Done() <-chan struct{} { return m.done }
 // Stamp records the current time for the charges that follow, which then
 // use it instead of reading the clock: a reader that sees its network
 // reads calls Stamp after each one (and after each throttle wait), so
-// that one clock read serves every message a read brought in. A stamp is
-// never later than the real time, so a stale one errs toward fewer
-// tokens, never more. For the reading goroutine.
+// that one clock read serves every message a read brought in. A message
+// is charged at the time of the read that brought it in or later (after
+// a throttle wait), never earlier: a later charge errs toward fewer
+// tokens, an earlier one could be credited refill that a full bucket
+// would have dropped. For the reading goroutine.
 func (m *Meter) Stamp() {
 	m.now, m.stamped = m.t.nanos(), true
 }
