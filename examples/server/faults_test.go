@@ -64,7 +64,7 @@ state:
 	if err := os.WriteFile(file, []byte(pol), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return file, prefix + "everyone:{global}:c"
+	return file, prefix + "everyone:{global}:l"
 }
 
 // procFleet is the clients' view of a few demo processes: the WebSockets

@@ -110,8 +110,8 @@ reject:
 	if err := os.WriteFile(policyFile, []byte(pol), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// The documented key layout: <prefix><rule>:{<key>}:c holds the leases.
-	leaseKey := prefix + rule + ":{global}:c"
+	// The documented key layout: <prefix><rule>:{<key>}:l holds the leases.
+	leaseKey := prefix + rule + ":{global}:l"
 
 	var inst [3]*demoProc
 	for i := range inst {
@@ -473,17 +473,23 @@ func echo(t *testing.T, c *websocket.Conn, msg string) {
 	}
 }
 
-// leaseScript reads a lease set atomically: its members, its unexpired
-// ones (score above the Redis clock, as the store's scripts read it), the
-// Redis clock in milliseconds and the earliest expiry (the lowest score;
-// -1 for an empty set).
+// leaseScript reads a lease set (KEYS[1]) and its instance hash (KEYS[2])
+// atomically: its members, those whose instance still vouches for them
+// (an entry in the hash above the Redis clock, as the store's scripts read
+// it), the Redis clock in milliseconds and the earliest expiry of an entry
+// with members (-1 for an empty set).
 var leaseScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local min = -1
-if first[2] then min = tonumber(first[2]) end
-return {redis.call('ZCARD', KEYS[1]), redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'), now, min}
+local live, min = 0, -1
+local h = redis.call('HGETALL', KEYS[2])
+for j = 1, #h, 2 do
+  local n = redis.call('ZLEXCOUNT', KEYS[1], '[' .. h[j] .. ':', '(' .. h[j] .. ';')
+  local exp = tonumber(h[j+1])
+  if n > 0 and exp > now then live = live + n end
+  if n > 0 and (min < 0 or exp < min) then min = exp end
+end
+return {redis.call('ZCARD', KEYS[1]), live, now, min}
 `)
 
 // leases is what leaseScript read.
@@ -495,7 +501,7 @@ type leases struct {
 func countLeases(ctx context.Context, rdb *redis.Client, key string) (leases, error) {
 	ctx, cancel := context.WithTimeout(ctx, slack) // a loaded machine, not a slow Redis, is the usual delay
 	defer cancel()
-	v, err := leaseScript.Run(ctx, rdb, []string{key}).Int64Slice()
+	v, err := leaseScript.Run(ctx, rdb, []string{key, key[:len(key)-1] + "i"}).Int64Slice()
 	if err != nil {
 		return leases{}, err
 	}

@@ -45,7 +45,7 @@ state:
 	if err := os.WriteFile(policyFile, []byte(pol), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	leaseKey := prefix + "everyone:{global}:c"
+	leaseKey := prefix + "everyone:{global}:l"
 	inst := []*demoProc{startDemo(t, bin, policyFile, 0), startDemo(t, bin, policyFile, 1)}
 	var conns [2][]*websocket.Conn
 	defer func() {

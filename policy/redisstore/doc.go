@@ -20,19 +20,25 @@
 // across instances. Release removes the lease's slots in one round trip.
 //
 // A connection slot is a lease: a member "<instance>:<lease id>" of a
-// sorted set per rule and key, scored by its expiry. The Store refreshes
-// all its live leases every RefreshInterval in one pipelined round trip;
-// the leases of an instance that crashed stop being refreshed and expire
-// after LeaseTTL, giving their slots back. A token bucket is a string per
-// rule and key holding its tokens and last refill time ("<tokens> <ms>"). All times come from
-// the Redis server clock (TIME), so clock skew between instances cannot
-// mint tokens; the now passed to Admit is used only by the fallback store.
-// Keys expire when idle: a bucket once it has refilled, a lease set when its
-// last lease would expire.
+// sorted set per rule and key. Leases do not expire one by one: each lease
+// set has an instance hash in which every instance with leases in the set
+// vouches for them until a time, and the Store renews its entry in every
+// set it holds leases in every RefreshInterval, in one pipelined round
+// trip whose size grows with the sets, not with the leases. The entry of
+// an instance that crashed stops being renewed and expires after
+// LeaseTTL; an admission that finds the set full then removes that
+// instance's members, giving their slots back. A token bucket is a string
+// per rule and key holding its tokens and last refill time ("<tokens>
+// <ms>"). All times come from the Redis server clock (TIME), so clock skew
+// between instances cannot mint tokens; the now passed to Admit is used
+// only by the fallback store.
+// Keys expire when idle: a bucket once it has refilled, a lease set and its
+// hash when the last entry would expire.
 //
-// Keys are <prefix><rule>:{<key>}:c for leases and <prefix><rule>:{<key>}:t
-// for buckets, where <key> is keys.Key.String. Keys are namespaced by rule
-// name, so a policy reload that keeps a rule keeps its counts.
+// Keys are <prefix><rule>:{<key>}:l for leases, :i for the lease set's
+// instance hash and <prefix><rule>:{<key>}:t for buckets, where <key> is
+// keys.Key.String. Keys are namespaced by rule name, so a policy reload
+// that keeps a rule keeps its counts.
 //
 // # Failure
 //

@@ -27,13 +27,23 @@ const (
 	maxRules      = 1024
 )
 
-// countSrc counts the unexpired members of each lease set in KEYS, by the
+// countSrc counts the members of each lease set in KEYS (pairs of a lease
+// set and its instance hash) whose instance still vouches for them, by the
 // Redis clock.
 var countSrc = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-for i = 1, #KEYS do out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf') end
+for i = 1, #KEYS, 2 do
+  local n = 0
+  local h = redis.call('HGETALL', KEYS[i+1])
+  for j = 1, #h, 2 do
+    if tonumber(h[j+1]) > now then
+      n = n + redis.call('ZLEXCOUNT', KEYS[i], '[' .. h[j] .. ':', '(' .. h[j] .. ';')
+    end
+  end
+  out[#out+1] = n
+end
 return out
 `)
 
@@ -121,10 +131,14 @@ func (s *Store) inspect(rule string) *ruleSnap {
 	ctx, cancel := context.WithTimeout(s.ctx, inspectBudget)
 	defer cancel()
 	base := globEscape(s.prefix+rule) + ":{*}:"
-	sets := s.scan(ctx, base+"c")
+	sets := s.scan(ctx, base+"l")
 	r := &ruleSnap{at: time.Now(), stats: policy.RuleStats{Buckets: len(s.scan(ctx, base+"t"))}}
 	for chunk := range slices.Chunk(sets, 500) {
-		counts, err := countSrc.Run(ctx, s.client, chunk).Int64Slice()
+		pairs := make([]string, 0, 2*len(chunk))
+		for _, k := range chunk {
+			pairs = append(pairs, k, hashOf(k))
+		}
+		counts, err := countSrc.Run(ctx, s.client, pairs).Int64Slice()
 		if err != nil {
 			break
 		}
@@ -173,7 +187,7 @@ func (s *Store) scan(ctx context.Context, pattern string) []string {
 }
 
 // parseKey reads the keys.Key back from a lease set key
-// "<prefix><rule>:{<key>}:c", whose <key> starts at from.
+// "<prefix><rule>:{<key>}:l", whose <key> starts at from.
 func parseKey(redisKey string, from int) keys.Key {
 	if from > len(redisKey)-3 {
 		return keys.String(redisKey)

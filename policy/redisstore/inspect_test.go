@@ -43,7 +43,7 @@ func TestInspectorReadsRedis(t *testing.T) {
 	if r := a.Rules(); len(r) != 1 || r[0] != "per-ip" {
 		t.Fatalf("Rules = %v", r)
 	}
-	if k := parseKey(a.prefix+"r:{10.0.0.0/24}:c", len(a.prefix)+3); k.Kind != keys.KindSubnet || k.Prefix.String() != "10.0.0.0/24" {
+	if k := parseKey(a.prefix+"r:{10.0.0.0/24}:l", len(a.prefix)+3); k.Kind != keys.KindSubnet || k.Prefix.String() != "10.0.0.0/24" {
 		t.Fatalf("subnet key parsed as %+v", k)
 	}
 }

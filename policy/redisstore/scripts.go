@@ -1,6 +1,10 @@
 package redisstore
 
-import "github.com/redis/go-redis/v9"
+import (
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // The Lua scripts run atomically inside Redis, so a check and its commit
 // cannot interleave with another instance's: this is what makes caps exact
@@ -12,17 +16,86 @@ import "github.com/redis/go-redis/v9"
 // that call TIME before writing legal on Redis 3.2-4.x; later versions
 // always replicate effects and ignore it.
 
+// A connection slot is a lease: a member "<instance>:<lease id>" of the
+// rule key's lease set (a ZSET whose members all score 0, so that one
+// instance's members are the lex range "[<instance>:" to "(<instance>;";
+// instance ids never contain ':' or ';'). Leases do not expire one by
+// one: the set's instance hash holds, per instance with members in the
+// set, the time until which it vouches for them (ms, Redis clock). An
+// instance renews its entry in every set it holds a lease in once per
+// refresh (auditSrc), whatever the number of its leases there; an entry
+// left to expire is a crashed or cut-off instance, whose members any
+// admission that finds the set full removes (sweep). Both keys expire no
+// sooner than the longest entry.
+
+// luaLib holds the functions the lease scripts share. now, ttl and ttls
+// (the lease TTL as a number and as text), upto (now + ttl as text) and
+// gt (PEXPIRE ... GT exists, Redis 7.0) are set before it.
+const luaLib = `
+-- extend makes key k expire no sooner than ttl from now. PEXPIRE ... GT
+-- takes a key without an expiry as expiring never, so a key left without
+-- one (created by this script, or by a script that failed half way) is
+-- given one by a plain PEXPIRE.
+local function extend(k)
+  if gt then
+    if redis.call('PEXPIRE', k, ttls, 'GT') == 1 or redis.call('PTTL', k) ~= -1 then return end
+  elseif redis.call('PTTL', k) >= ttl then
+    return
+  end
+  redis.call('PEXPIRE', k, ttls)
+end
+
+-- vouch writes instance inst's entry in hash hk and extends lease set ck
+-- and hk to cover it.
+local function vouch(ck, hk, inst)
+  redis.call('HSET', hk, inst, upto)
+  extend(ck)
+  extend(hk)
+end
+
+-- sweep removes from lease set ck the members of the instances whose entry
+-- in hash hk has expired, and the entries; it returns the members removed.
+local function sweep(ck, hk)
+  local n = 0
+  local h = redis.call('HGETALL', hk)
+  for j = 1, #h, 2 do
+    if tonumber(h[j+1]) <= now then
+      n = n + redis.call('ZREMRANGEBYLEX', ck, '[' .. h[j] .. ':', '(' .. h[j] .. ';')
+      redis.call('HDEL', hk, h[j])
+    end
+  end
+  return n
+end
+`
+
+// luaNow reads the Redis clock into now (ms) and the lease TTL from
+// ARGV[ttlArg]; it declares what luaLib needs.
+func luaNow(ttlArg int) string {
+	return `
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttls = ARGV[` + strconv.Itoa(ttlArg) + `]
+local ttl = tonumber(ttls)
+local gt = redis.REDIS_VERSION_NUM ~= nil
+local upto = string.format('%d', now + ttl)
+` + luaLib
+}
+
 // admitSrc checks every claim, then commits all of them or none.
 //
 // KEYS[1] is the epoch string, KEYS[2] the sequence counter, KEYS[3] the
 // set of instances that registered their leases during a recovery (see
-// syncSrc); then for claim i (1-based), KEYS[2i+2] is its lease ZSET and
-// KEYS[2i+3] its bucket STRING.
+// syncSrc); then for claim i (1-based), KEYS[3i+1] is its lease set,
+// KEYS[3i+2] the set's instance hash and KEYS[3i+3] its bucket STRING.
 // ARGV[1]: the lease member; ARGV[2]: lease TTL in ms; ARGV[3]: the epoch
 // this instance registered its leases under; ARGV[4]: the highest sequence
 // number it has seen; ARGV[5]: its instance id; then for claim i,
-// ARGV[3i+3] = connection cap (0: none), ARGV[3i+4] = tokens per ms (0: no
-// bucket), ARGV[3i+5] = burst.
+// ARGV[4i+2] = connection cap (0: none), ARGV[4i+3] = tokens per ms (0: no
+// bucket), ARGV[4i+4] = burst, ARGV[4i+5] = "1" when this instance holds
+// no counted lease in the set, so that its entry in the instance hash may
+// be missing or old and is written ("0": a live lease of this instance is
+// there and its refresh keeps the entry and the expiries).
 //
 // Returns {1, full, empty, wait_ms, seq} when admitted (full and empty: bit
 // i-1 set when this admission filled claim i's cap or emptied its bucket;
@@ -39,36 +112,19 @@ import "github.com/redis/go-redis/v9"
 // only a refusal is certain.
 //
 // Every redis.call costs Redis about half a microsecond to a microsecond,
-// and so does every number Lua hands Redis as an argument (it is formatted
-// with %.17g), so the script makes as few calls as it can and passes text
-// it already has. Per claim:
-//
-//   - a lease set: ZCARD, ZADD, PEXPIRE (ZREMRANGEBYSCORE too, only when
-//     the set looks full: expired members left by a dead instance matter
-//     only then);
-//   - a bucket: GET and SET ... PX (tokens and time in one value, the
-//     expiry set with it);
-//
-// and once per admission TIME. The first lease set's ZADD comes before the
-// checks, with NX: its reply tells a client retry of an admission that
-// already committed (answered yes again rather than charged twice), and a
-// refusal takes it back with ZREM, so a refusal still leaves nothing.
-//
-// A lease set's expiry must cover its longest lease, and instances may run
-// different lease TTLs: PEXPIRE ... GT (Redis 7.0) only ever extends it. A
-// set this admission created has no expiry yet (GT would not set one): it
-// gets a plain PEXPIRE. A set left without an expiry (by a script that
-// failed half way) gets one from a later admission in a millisecond that
-// is a multiple of 16 (checking on every admission cost a hot key one more
-// call each time), or from the next refresh of a live lease in it. Before
-// Redis 7.0 the script reads PTTL first.
-const admitSrc = `
-if redis.replicate_commands then redis.replicate_commands() end
-local member = ARGV[1]
-local ttls = ARGV[2]
-local ttl = tonumber(ttls)
-local n = (#KEYS - 3) / 2
-local gt = redis.REDIS_VERSION_NUM ~= nil
+// so the script makes as few calls as it can. Per claim, when this
+// instance already holds a lease in the set: ZCARD and ZADD (HGETALL and a
+// sweep too, only when the set looks full: a dead instance's members
+// matter only then); the first lease of an instance in a set writes its
+// entry and the expiries too (vouch). A bucket: GET and SET ... PX (tokens
+// and time in one value, the expiry set with it). Once per admission TIME.
+// The first lease set's ZADD comes before the checks, with NX: its reply
+// tells a client retry of an admission that already committed (answered
+// yes again rather than charged twice), and a refusal takes it back with
+// ZREM, so a refusal still leaves nothing.
+var admitSrc = luaNow(2) + `
+local member, inst = ARGV[1], ARGV[5]
+local n = (#KEYS - 3) / 3
 
 -- The epoch, "<id>" or "<id> <recovery end ms> <expected>" (see syncSrc).
 local ev = redis.call('GET', KEYS[1])
@@ -83,20 +139,26 @@ elseif ev ~= ARGV[3] then
 end
 local seq = redis.call('INCR', KEYS[2])
 if seq <= tonumber(ARGV[4]) then return {2} end
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local exp = string.format('%d', now + ttl)
 local recovering = untl ~= nil and now < untl
-if recovering and redis.call('SISMEMBER', KEYS[3], ARGV[5]) == 0 then return {2} end
+if recovering and redis.call('SISMEMBER', KEYS[3], inst) == 0 then return {2} end
 
 local caps, rates, bursts = {}, {}, {}
 local first = 0
 for i = 1, n do
-  caps[i] = tonumber(ARGV[3*i+3])
-  rates[i] = tonumber(ARGV[3*i+4])
-  bursts[i] = tonumber(ARGV[3*i+5])
+  caps[i] = tonumber(ARGV[4*i+2])
+  rates[i] = tonumber(ARGV[4*i+3])
+  bursts[i] = tonumber(ARGV[4*i+4])
   if first == 0 and caps[i] > 0 then first = i end
+end
+
+-- count returns claim i's lease count, minus the members of dead
+-- instances when the set looks full (without them it has room whatever
+-- they are), minus skip.
+local function count(i, skip)
+  local ck = KEYS[3*i+1]
+  local card = redis.call('ZCARD', ck) - skip
+  if card >= caps[i] then card = card - sweep(ck, KEYS[3*i+2]) end
+  return card
 end
 
 -- Recovering: a cap reached by what is registered is reached for certain;
@@ -104,44 +166,32 @@ end
 -- applies on_error).
 if recovering then
   for i = 1, n do
-    local cap = caps[i]
-    if cap > 0 then
-      local ck = KEYS[2*i+2]
-      local card = redis.call('ZCARD', ck)
-      if card >= cap then card = card - redis.call('ZREMRANGEBYSCORE', ck, '-inf', now) end
-      if card >= cap then return {0, i, 1, 0, seq} end
-    end
+    if caps[i] > 0 and count(i, 0) >= caps[i] then return {0, i, 1, 0, seq} end
   end
   return {3, seq}
 end
 
 -- The first lease goes in now; a member already there is a retry of an
 -- admission that committed.
-if first > 0 and redis.call('ZADD', KEYS[2*first+2], 'NX', exp, member) == 0 then
+if first > 0 and redis.call('ZADD', KEYS[3*first+1], 'NX', 0, member) == 0 then
   return {1, seq}
 end
 local function refuse(i, reason, retry)
-  if first > 0 then redis.call('ZREM', KEYS[2*first+2], member) end
+  if first > 0 then redis.call('ZREM', KEYS[3*first+1], member) end
   return {0, i, reason, retry, seq}
 end
 
 -- Check every claim; nothing below writes state that a refusal must undo
--- (dropping expired leases changes no live count). cards[i] is claim i's
+-- (sweeping dead instances changes no live count). cards[i] is claim i's
 -- lease count before this admission, tokens[i] its bucket level after
 -- refill.
 local cards, tokens = {}, {}
 for i = 1, n do
-  local cap = caps[i]
-  if cap > 0 then
-    local ck = KEYS[2*i+2]
-    local card = redis.call('ZCARD', ck)
-    if i == first then card = card - 1 end
-    -- Expired leases still count in ZCARD, so a set below its cap has room
-    -- whatever they are; only a set that looks full needs sweeping.
-    if card >= cap then
-      card = card - redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
-      if card >= cap then return refuse(i, 1, 0) end
-    end
+  if caps[i] > 0 then
+    local skip = 0
+    if i == first then skip = 1 end
+    local card = count(i, skip)
+    if card >= caps[i] then return refuse(i, 1, 0) end
     cards[i] = card
   end
   local rate = rates[i]
@@ -149,7 +199,7 @@ for i = 1, n do
     local burst = bursts[i]
     if burst < 1 then return refuse(i, 2, -1) end
     local tk = burst
-    local v = redis.call('GET', KEYS[2*i+3])
+    local v = redis.call('GET', KEYS[3*i+3])
     if v then
       local sp = string.find(v, ' ', 1, true)
       local el = now - tonumber(string.sub(v, sp + 1))
@@ -167,24 +217,11 @@ end
 local full, empty, wait = 0, 0, 0
 for i = 1, n do
   local card = cards[i]
-  if card and i <= 52 and card + 1 >= caps[i] then full = full + 2 ^ (i - 1) end
   if card then
-    local ck = KEYS[2*i+2]
-    if i ~= first then redis.call('ZADD', ck, exp, member) end
-    if card == 0 then
-      redis.call('PEXPIRE', ck, ttls)
-    elseif gt then
-      -- GT takes a key without an expiry as expiring never: such a set (left
-      -- by a script that failed half way) gets one here. A reply of 0 mostly
-      -- means that another admission set this very expiry in this same
-      -- millisecond (a hot key), so the check runs in one millisecond of 16;
-      -- a refresh of any live lease in the set sets an expiry too.
-      if redis.call('PEXPIRE', ck, ttls, 'GT') == 0 and now % 16 == 0 and redis.call('PTTL', ck) == -1 then
-        redis.call('PEXPIRE', ck, ttls)
-      end
-    elseif redis.call('PTTL', ck) < ttl then
-      redis.call('PEXPIRE', ck, ttls)
-    end
+    if i <= 52 and card + 1 >= caps[i] then full = full + 2 ^ (i - 1) end
+    local ck = KEYS[3*i+1]
+    if i ~= first then redis.call('ZADD', ck, 0, member) end
+    if ARGV[4*i+5] == '1' then vouch(ck, KEYS[3*i+2], inst) end
   end
   local tk = tokens[i]
   if tk then
@@ -194,7 +231,7 @@ for i = 1, n do
     -- is the same as none.
     local life = math.ceil((bursts[i] - tk) / rate)
     if life < 1 then life = 1 end
-    redis.call('SET', KEYS[2*i+3], string.format('%.17g %d', tk, now), 'PX', life)
+    redis.call('SET', KEYS[3*i+3], string.format('%.17g %d', tk, now), 'PX', life)
     if tk < 1 and i <= 52 then
       local w = math.ceil((1 - tk) / rate)
       empty = empty + 2 ^ (i - 1)
@@ -206,8 +243,9 @@ return {1, full, empty, wait, seq}
 `
 
 // releaseSrc removes lease members: KEYS[i] loses member ARGV[i]. An empty
-// ZSET disappears by itself. Removing a member that is not there does
-// nothing, so a release can never free another lease's slot.
+// ZSET disappears by itself (the instance hash expires with its entries).
+// Removing a member that is not there does nothing, so a release can
+// never free another lease's slot.
 const releaseSrc = `
 local n = 0
 for i = 1, #KEYS do
@@ -216,40 +254,61 @@ end
 return n
 `
 
-// refreshSrc registers leases: it renews the members still present and
-// adds back the missing ones, whatever the caps. A missing member is a
-// live connection Redis no longer counts (its lease expired while Redis was
-// unreachable, Redis lost data, or it was admitted under on_error): counting
-// it again, even past the cap, makes Redis refuse until the real count is
-// below the cap, rather than admit on top of connections it cannot see.
+// refreshSrc registers leases: it adds back the members missing from
+// their sets, whatever the caps, and renews this instance's entry in each
+// set's instance hash. A missing member is a live connection Redis no
+// longer counts (Redis lost data, the instance was cut off for longer than
+// its lease TTL and swept, or the lease was admitted under on_error):
+// counting it again, even past the cap, makes Redis refuse until the real
+// count is below the cap, rather than admit on top of connections it
+// cannot see.
 //
-// KEYS: lease ZSETs. ARGV[1]: lease TTL in ms; then for each key in order:
-// the number m of members, and the m members.
+// KEYS: pairs of a lease set and its instance hash. ARGV[1]: lease TTL in
+// ms; ARGV[2]: the instance id; then for each pair in order: the number m
+// of members, and the m members.
 //
 // Returns {key, added member, key, member, ...}.
-const refreshSrc = `
-if redis.replicate_commands then redis.replicate_commands() end
-local ttl = tonumber(ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local exp = now + ttl
+var refreshSrc = luaNow(1) + `
+local inst = ARGV[2]
 local out = {}
-local j = 2
-for i = 1, #KEYS do
+local j = 3
+for i = 1, #KEYS, 2 do
   local k = KEYS[i]
   local m = tonumber(ARGV[j])
   j = j + 1
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
   for x = 1, m do
     local mem = ARGV[j]
     j = j + 1
-    if redis.call('ZADD', k, exp, mem) == 1 then
+    if redis.call('ZADD', k, 0, mem) == 1 then
       out[#out+1] = k
       out[#out+1] = mem
     end
   end
-  local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
-  if last[2] then redis.call('PEXPIREAT', k, last[2]) end
+  vouch(k, KEYS[i+1], inst)
+end
+return out
+`
+
+// auditSrc is the keep-alive of an instance's leases: per lease set it
+// holds leases in, one entry renewed, whatever the number of those
+// leases. It also counts the instance's members in the set against the
+// number it holds, so that members lost behind its back (a key deleted by
+// hand, a partial loss) are registered again (refreshSrc) in the same sync.
+//
+// KEYS: pairs of a lease set and its instance hash. ARGV[1]: lease TTL in
+// ms; ARGV[2]: the instance id; then for each pair the number of live
+// leases the instance holds in the set.
+//
+// Returns the 1-based indexes of the pairs whose set holds fewer of the
+// instance's members than that.
+var auditSrc = luaNow(1) + `
+local inst = ARGV[2]
+local lo, hi = '[' .. inst .. ':', '(' .. inst .. ';'
+local out = {}
+for i = 1, #KEYS, 2 do
+  local x = (i + 1) / 2
+  if redis.call('ZLEXCOUNT', KEYS[i], lo, hi) < tonumber(ARGV[2+x]) then out[#out+1] = x end
+  vouch(KEYS[i], KEYS[i+1], inst)
 end
 return out
 `
@@ -354,7 +413,7 @@ return {e, seq, live, lost, rec, rank}
 // scripts are the compiled scripts; redis.Script caches the SHA so calls go
 // out as EVALSHA, falling back to EVAL when the server lost its cache.
 type scripts struct {
-	admit, release, refresh, sync *redis.Script
+	admit, release, refresh, audit, sync *redis.Script
 }
 
 func newScripts() scripts {
@@ -362,6 +421,7 @@ func newScripts() scripts {
 		admit:   redis.NewScript(admitSrc),
 		release: redis.NewScript(releaseSrc),
 		refresh: redis.NewScript(refreshSrc),
+		audit:   redis.NewScript(auditSrc),
 		sync:    redis.NewScript(syncSrc),
 	}
 }

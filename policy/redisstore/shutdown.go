@@ -71,6 +71,8 @@ func (s *Store) takeAll() []*lease {
 		s.pending = append(s.pending, rec.took...)
 	}
 	clear(s.leases)
+	clear(s.held)
+	s.unregistered = 0
 	clear(s.credit)
 	clear(s.maybe)
 	return recs

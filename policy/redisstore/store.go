@@ -40,11 +40,14 @@ const (
 	maxRecoveryWaits = 4
 )
 
-// maxPending bounds the releases kept for retry while Redis is unreachable;
-// beyond it a release is dropped and its lease left to expire by TTL.
+// maxPending bounds the releases kept for retry while Redis is unreachable.
+// Beyond it a release is dropped: its member keeps its slot for as long as
+// this instance vouches for the lease set (while it holds another lease
+// there, and LeaseTTL after), or until Redis loses it.
 const maxPending = 1 << 16
 
-// refreshChunk is the number of lease members renewed by one script call.
+// refreshChunk is the number of lease members registered, or of lease
+// sets audited, by one script call.
 // A refresh sends all chunks in one pipeline (one round trip); chunking
 // keeps each script short so Redis serves other clients between them.
 const refreshChunk = 512
@@ -92,8 +95,9 @@ type Options struct {
 	// LeaseTTL is how long a connection slot outlives its last refresh,
 	// and so how long a crashed instance's slots stay taken (default 30s).
 	LeaseTTL time.Duration
-	// RefreshInterval is how often live leases are renewed, all in one
-	// round trip (default LeaseTTL/3; must be below LeaseTTL).
+	// RefreshInterval is how often this instance renews its leases, all
+	// in one round trip: one entry per lease set it holds leases in, however
+	// many (default LeaseTTL/3; must be below LeaseTTL).
 	RefreshInterval time.Duration
 	// Timeout bounds each Admit and Release call to Redis (default 50ms),
 	// from when it has a pooled connection; waiting for one is bounded by
@@ -117,7 +121,8 @@ type Options struct {
 	// InstanceID names this instance in lease members, for people reading
 	// Redis (default: 12 random hex digits). A non-empty name gets a random
 	// suffix, "<name>.<8 hex digits>", so that members stay unique across
-	// restarts and among Stores given the same name.
+	// restarts and among Stores given the same name; ':' and ';' in it
+	// become '_'.
 	InstanceID string
 	// Logger receives breaker transitions and lease losses (default: none).
 	Logger *slog.Logger
@@ -142,7 +147,8 @@ type Stats struct {
 	// those admitted under OnError while Redis could not decide.
 	Registered uint64
 	// Dropped counts releases given up because too many were pending; their
-	// slots free themselves after LeaseTTL.
+	// slots stay taken while this instance holds other leases of the same
+	// key, and come back LeaseTTL after its last one there (see maxPending).
 	Dropped uint64
 	// Instances is the number of live instances in the registry at the last
 	// sync (at least 1): the divisor of the local fallback's shares.
@@ -184,13 +190,17 @@ type Store struct {
 	confirming              atomic.Bool
 	inflight                atomic.Int64 // Admit and Release calls under way (Shutdown waits)
 
-	mu      sync.Mutex
-	leases  map[uint64]*lease // live leases with slots
-	pending []slot            // releases to retry
-	credit  map[string]int    // pending releases per lease set that Redis surely still counts (counted, not sent)
-	maybe   map[string]int    // the same, counted and sent once (see slot)
-	syncing int               // syncs between plan and their outcome
-	sending int               // pending releases taken by syncs in flight
+	mu     sync.Mutex
+	leases map[uint64]*lease // live leases with slots
+	held   map[string]int    // lease set key → live leases counted in Redis (see admitSrc's fresh flag)
+	// unregistered counts the live leases not counted in Redis (admitted
+	// by on_error), which the next sync registers.
+	unregistered int
+	pending      []slot         // releases to retry
+	credit       map[string]int // pending releases per lease set that Redis surely still counts (counted, not sent)
+	maybe        map[string]int // the same, counted and sent once (see slot)
+	syncing      int            // syncs between plan and their outcome
+	sending      int            // pending releases taken by syncs in flight
 
 	emu      sync.Mutex
 	ep       epochState
@@ -284,6 +294,7 @@ func New(ctx context.Context, client redis.UniversalClient, opts Options) (*Stor
 		br:       breaker{threshold: o.BreakerFailures, cooldown: o.BreakerCooldown},
 		slots:    make(chan struct{}, pool),
 		leases:   make(map[uint64]*lease),
+		held:     make(map[string]int),
 		credit:   make(map[string]int),
 		maybe:    make(map[string]int),
 		done:     make(chan struct{}),
@@ -391,7 +402,9 @@ func (o Options) withDefaults() (Options, error) {
 	} else {
 		// A restarted instance with the same name must not reuse the
 		// members of its previous life, which may still hold slots.
-		o.InstanceID += "." + hex.EncodeToString(b[:4])
+		// ':' and ';' would break the lex range of its members (see
+		// admitSrc).
+		o.InstanceID = strings.NewReplacer(":", "_", ";", "_").Replace(o.InstanceID) + "." + hex.EncodeToString(b[:4])
 	}
 	return o, nil
 }
@@ -461,18 +474,23 @@ func (s *Store) warm(ctx context.Context) error {
 }
 
 // keys returns the lease set and bucket keys of a claim:
-// <prefix><rule>:{<key>}:c and <prefix><rule>:{<key>}:t (the lease set key
-// again when the claim has no bucket, to save building a key). Buckets were
-// hashes under :b before they became strings: the new suffix keeps
+// <prefix><rule>:{<key>}:l and <prefix><rule>:{<key>}:t (the lease set key
+// again when the claim has no bucket, to save building a key); hashOf
+// gives the lease set's instance hash, :i. Lease sets were :c, scored by
+// expiry, before leases were vouched for per instance, and buckets were
+// hashes under :b before they became strings: the new suffixes keep
 // instances of both versions, during a rolling upgrade, out of each
-// other's way (WRONGTYPE).
+// other's way.
 func (s *Store) keys(c *policy.Claim) (conn, bucket string) {
-	conn = s.prefix + c.Rule + ":{" + c.Key.String() + "}:c"
+	conn = s.prefix + c.Rule + ":{" + c.Key.String() + "}:l"
 	if !hasRate(c) {
 		return conn, conn // the bucket key is not used
 	}
 	return conn, conn[:len(conn)-1] + "t"
 }
+
+// hashOf returns the instance hash of lease set key conn.
+func hashOf(conn string) string { return conn[:len(conn)-1] + "i" }
 
 func hasRate(c *policy.Claim) bool { return c.Limit > 0 && c.Limit != rate.Inf }
 
@@ -631,22 +649,29 @@ func validReply(res []int64) bool {
 // (see admitSrc) and records in rec the lease sets it will belong to. The
 // epoch and sequence (ARGV[3] and [4]) are filled in by the caller.
 func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, args []any) {
-	keys = make([]string, 0, 3+2*len(claims))
+	keys = make([]string, 0, 3+3*len(claims))
 	keys = append(keys, s.prefix+"epoch", s.prefix+"seq", s.prefix+"resynced")
-	args = make([]any, 0, 5+3*len(claims))
+	args = make([]any, 0, 5+4*len(claims))
 	args = append(args, rec.member, s.ttlMS, "", int64(0), s.instance)
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for i := range claims {
 		c := &claims[i]
 		ck, bk := s.keys(c)
-		keys = append(keys, ck, bk)
-		capN, perMS, burst := max(c.Conns, 0), 0.0, 0
+		hk := ck
+		capN, perMS, burst, fresh := max(c.Conns, 0), 0.0, 0, "0"
 		if hasRate(c) {
 			perMS, burst = float64(c.Limit)/1000, c.Burst
 		}
-		args = append(args, capN, perMS, burst)
 		if capN > 0 {
 			rec.conns = append(rec.conns, connSlot{key: ck})
+			hk = hashOf(ck)
+			if s.held[ck] == 0 {
+				fresh = "1"
+			}
 		}
+		keys = append(keys, ck, hk, bk)
+		args = append(args, capN, perMS, burst, fresh)
 	}
 	return keys, args
 }
@@ -764,6 +789,11 @@ func (s *Store) Snapshot() Stats {
 func (s *Store) track(id uint64, rec *lease, ep epochState) {
 	s.mu.Lock()
 	s.leases[id] = rec
+	if rec.inRedis {
+		s.holdLocked(rec, 1)
+	} else {
+		s.unregistered++
+	}
 	s.mu.Unlock()
 	if ep.gen != s.epoch().gen {
 		s.resyncNeeded("admit raced a sync")
@@ -782,6 +812,11 @@ func (s *Store) untrack(id uint64) (*lease, []slot) {
 		return nil, nil
 	}
 	delete(s.leases, id)
+	if rec.inRedis {
+		s.holdLocked(rec, -1)
+	} else {
+		s.unregistered--
+	}
 	drop := make([]slot, 0, len(rec.conns)+len(rec.took))
 	for _, c := range rec.conns {
 		drop = append(drop, slot{key: c.key, member: rec.member, counted: rec.inRedis})
@@ -793,6 +828,18 @@ func (s *Store) untrack(id uint64) (*lease, []slot) {
 	}
 	rec.took = nil
 	return rec, drop
+}
+
+// holdLocked adds d to the count of leases counted in Redis of each lease
+// set of rec; s.mu is held.
+func (s *Store) holdLocked(rec *lease, d int) {
+	for _, c := range rec.conns {
+		if n := s.held[c.key] + d; n > 0 {
+			s.held[c.key] = n
+		} else {
+			delete(s.held, c.key)
+		}
+	}
 }
 
 // queueSlots keeps slots for removal at the next sync; sent says that a

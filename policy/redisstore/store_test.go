@@ -532,8 +532,11 @@ func TestExpiredLeasesSweptWhenFull(t *testing.T) {
 	ctx := context.Background()
 	claims := []policy.Claim{conns("r", "sweep", 3)}
 	ck, _ := s.keys(&claims[0])
-	// Two leases of a dead instance, long expired.
-	if err := c.ZAdd(ctx, ck, redis.Z{Score: 1, Member: "dead:1"}, redis.Z{Score: 2, Member: "dead:2"}).Err(); err != nil {
+	// Two leases of a dead instance, whose entry expired long ago.
+	if err := c.ZAdd(ctx, ck, redis.Z{Member: "dead:1"}, redis.Z{Member: "dead:2"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.HSet(ctx, hashOf(ck), "dead", 1).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if _, v, _ := s.Admit(ctx, time.Now(), claims); !v.OK {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,7 +30,7 @@ type epochState struct {
 type syncMode uint8
 
 const (
-	syncRefresh syncMode = iota // epoch check, heartbeat, every live lease, pending releases
+	syncRefresh syncMode = iota // epoch check, heartbeat, every lease set held (audited or registered), pending releases
 	syncPending                 // pending releases only
 	syncLeave                   // epoch check, leaving the registry, pending releases (Shutdown)
 )
@@ -117,7 +118,7 @@ func (s *Store) fly(f *syncFlight) {
 }
 
 // run syncs every interval until Close: the heartbeat, the epoch check and
-// the renewal of every live lease, in one round trip.
+// the renewal of every lease set holding a live lease, in one round trip.
 func (s *Store) run() {
 	defer close(s.done)
 	t := time.NewTicker(s.interval)
@@ -140,10 +141,12 @@ func (s *Store) run() {
 // syncPlan is what one sync sends.
 type syncPlan struct {
 	mode   syncMode
+	full   bool // register every live lease (refreshSrc); else audit the lease sets (auditSrc)
 	ep     epochState
 	order  []string            // lease set keys, in order
-	groups map[string][]string // lease set key → live members
-	recs   []*lease            // the live leases read
+	counts []int               // audit: the live leases held in order[i]
+	groups map[string][]string // registration: lease set key → live members
+	recs   []*lease            // registration: the live leases read
 	pend   []slot              // the pending releases it took (Stats.Pending counts them until settled)
 	took   []slot              // the slots the live leases took over, removed as they are registered
 	outage bool                // this instance could not reach Redis since its last sync
@@ -151,11 +154,16 @@ type syncPlan struct {
 }
 
 // syncOnce sends, in one round trip: the epoch check and heartbeat
-// (syncSrc), the registration of every live lease (refreshSrc, chunks of
-// refreshChunk members), and every pending release.
+// (syncSrc), the keep-alive of every lease set holding a live lease, and
+// every pending release. The keep-alive is an audit of each set (auditSrc,
+// chunks of refreshChunk sets), or, when leases may be missing from Redis
+// (a resync is wanted, an outage, leases admitted under on_error), the
+// registration of every live lease (refreshSrc, chunks of refreshChunk
+// members). An audit that finds members missing registers those sets'
+// leases in a second round trip.
 func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 	gen := s.want.Load()
-	plan := s.plan(mode)
+	plan := s.plan(mode, gen)
 	defer s.syncDone(&plan)
 	if mode == syncPending && len(plan.pend) == 0 {
 		return nil
@@ -166,11 +174,19 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 		return errors.New("redisstore: no connection for the sync")
 	}
 	t0 := time.Now()
-	head, regs, err := s.exec(ctx, plan, false)
+	head, regs, audits, err := s.exec(ctx, plan, false)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		head, regs, err = s.exec(ctx, plan, true) // Redis lost its script cache (restart)
+		head, regs, audits, err = s.exec(ctx, plan, true) // Redis lost its script cache (restart)
 	}
 	s.lat.observe(time.Since(t0))
+	recs := plan.recs
+	if err == nil {
+		if miss := missingSets(audits, plan.order); len(miss) > 0 {
+			reg := s.gather(miss)
+			regs, err = s.registerSets(ctx, reg)
+			recs = reg.recs
+		}
+	}
 	s.releaseSlot()
 	if err != nil {
 		s.requeue(&plan, !notDialed(err))
@@ -187,7 +203,7 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 			return err
 		}
 	}
-	s.readRegistrations(regs, plan.recs)
+	s.readRegistrations(regs, recs)
 	if mode == syncRefresh {
 		if plan.outage {
 			s.outage.Store(false)
@@ -199,21 +215,23 @@ func (s *Store) syncOnce(ctx context.Context, mode syncMode) error {
 	return nil
 }
 
-// plan reads what a sync of mode sends: the live leases (for a refresh)
-// and the pending releases, which it takes.
-func (s *Store) plan(mode syncMode) syncPlan {
-	p := syncPlan{mode: mode, ep: s.epoch(), groups: map[string][]string{}, outage: s.outage.Load() && mode == syncRefresh}
+// plan reads what a sync of mode sends and takes the pending releases.
+// A refresh audits the lease sets this instance holds leases in, or
+// registers every live lease when some may be missing from Redis: a resync
+// is wanted (the last sync to register them started before gen), an outage
+// was seen, or leases were admitted without Redis.
+func (s *Store) plan(mode syncMode, gen uint64) syncPlan {
+	p := syncPlan{mode: mode, ep: s.epoch(), outage: s.outage.Load() && mode == syncRefresh}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if mode == syncRefresh {
-		for _, rec := range s.leases {
-			p.recs = append(p.recs, rec)
-			p.took = append(p.took, rec.took...)
-			for _, c := range rec.conns {
-				if _, ok := p.groups[c.key]; !ok {
-					p.order = append(p.order, c.key)
-				}
-				p.groups[c.key] = append(p.groups[c.key], rec.member)
+		p.full = p.outage || s.have.Load() != gen || s.unregistered > 0
+		if p.full {
+			p.gatherLocked(s.leases, nil)
+		} else {
+			for k, n := range s.held {
+				p.order = append(p.order, k)
+				p.counts = append(p.counts, n)
 			}
 		}
 	}
@@ -221,6 +239,43 @@ func (s *Store) plan(mode syncMode) syncPlan {
 	s.sending += len(p.pend)
 	s.syncing++
 	return p
+}
+
+// gather returns a registration plan of the live leases in the lease sets
+// only.
+func (s *Store) gather(only []string) syncPlan {
+	set := make(map[string]bool, len(only))
+	for _, k := range only {
+		set[k] = true
+	}
+	var p syncPlan
+	s.mu.Lock()
+	p.gatherLocked(s.leases, set)
+	s.mu.Unlock()
+	return p
+}
+
+// gatherLocked fills the registration fields of p from leases: every
+// lease set (only nil) or those in only. s.mu is held.
+func (p *syncPlan) gatherLocked(leases map[uint64]*lease, only map[string]bool) {
+	p.groups = map[string][]string{}
+	for _, rec := range leases {
+		in := only == nil
+		for _, c := range rec.conns {
+			if only != nil && !only[c.key] {
+				continue
+			}
+			in = true
+			if _, ok := p.groups[c.key]; !ok {
+				p.order = append(p.order, c.key)
+			}
+			p.groups[c.key] = append(p.groups[c.key], rec.member)
+		}
+		if in {
+			p.recs = append(p.recs, rec)
+			p.took = append(p.took, rec.took...)
+		}
+	}
 }
 
 // syncDone ends what plan started: the sync is over, its releases sent or
@@ -246,44 +301,41 @@ func (s *Store) requeue(p *syncPlan, sent bool) {
 	}
 }
 
-// exec sends the plan as one pipeline, with EVAL instead of EVALSHA when
-// eval is set. head is the syncSrc call (nil for syncPending), regs the
-// refreshSrc calls.
-func (s *Store) exec(ctx context.Context, plan syncPlan, eval bool) (head *redis.Cmd, regs []*redis.Cmd, err error) {
-	run := func(p redis.Pipeliner, sc *redis.Script, keys []string, args []any) *redis.Cmd {
+// runner calls a script on a pipeline, by EVALSHA or (eval) EVAL.
+type runner func(p redis.Pipeliner, sc *redis.Script, keys []string, args []any) *redis.Cmd
+
+func (s *Store) runner(ctx context.Context, eval bool) runner {
+	return func(p redis.Pipeliner, sc *redis.Script, keys []string, args []any) *redis.Cmd {
 		if eval {
 			return sc.Eval(ctx, p, keys, args...)
 		}
 		return sc.EvalSha(ctx, p, keys, args...)
 	}
+}
+
+// exec sends the plan as one pipeline, with EVAL instead of EVALSHA when
+// eval is set. head is the syncSrc call (nil for syncPending), regs the
+// refreshSrc calls and audits the auditSrc calls (one of the two is empty).
+func (s *Store) exec(ctx context.Context, plan syncPlan, eval bool) (head *redis.Cmd, regs, audits []*redis.Cmd, err error) {
+	run := s.runner(ctx, eval)
 	p := s.client.Pipeline()
 	if plan.mode != syncPending {
 		head = run(p, s.sc.sync, s.metaKeys(), s.syncArgs(plan))
 	}
-	var keys []string
-	args := []any{s.ttlMS}
-	n := 0
-	flush := func() {
-		if len(keys) > 0 {
-			regs = append(regs, run(p, s.sc.refresh, keys, args))
-		}
-		keys, args, n = nil, []any{s.ttlMS}, 0
-	}
-	for _, k := range plan.order {
-		for ms := plan.groups[k]; len(ms) > 0; {
-			take := min(len(ms), refreshChunk-n)
-			keys = append(keys, k)
-			args = append(args, take)
-			for _, m := range ms[:take] {
-				args = append(args, m)
+	if plan.full {
+		regs = s.addRegistrations(p, run, plan, plan.order)
+	} else {
+		for chunk := range slices.Chunk(plan.order, refreshChunk) {
+			keys := make([]string, 0, 2*len(chunk))
+			args := make([]any, 0, 2+len(chunk))
+			args = append(args, s.ttlMS, s.instance)
+			for i, k := range chunk {
+				keys = append(keys, k, hashOf(k))
+				args = append(args, plan.counts[len(audits)*refreshChunk+i])
 			}
-			ms, n = ms[take:], n+take
-			if n >= refreshChunk {
-				flush()
-			}
+			audits = append(audits, run(p, s.sc.audit, keys, args))
 		}
 	}
-	flush()
 	for rest := append(plan.took, plan.pend...); len(rest) > 0; {
 		take := min(len(rest), refreshChunk)
 		keys := make([]string, take)
@@ -295,7 +347,68 @@ func (s *Store) exec(ctx context.Context, plan syncPlan, eval bool) (head *redis
 		rest = rest[take:]
 	}
 	_, err = p.Exec(ctx)
-	return head, regs, err
+	return head, regs, audits, err
+}
+
+// addRegistrations queues on p the registration of the live leases of
+// the lease sets sets (refreshSrc), in chunks of refreshChunk members.
+func (s *Store) addRegistrations(p redis.Pipeliner, run runner, plan syncPlan, sets []string) (regs []*redis.Cmd) {
+	var keys []string
+	args := []any{s.ttlMS, s.instance}
+	n := 0
+	flush := func() {
+		if len(keys) > 0 {
+			regs = append(regs, run(p, s.sc.refresh, keys, args))
+		}
+		keys, args, n = nil, []any{s.ttlMS, s.instance}, 0
+	}
+	for _, k := range sets {
+		for ms := plan.groups[k]; len(ms) > 0; {
+			take := min(len(ms), refreshChunk-n)
+			keys = append(keys, k, hashOf(k))
+			args = append(args, take)
+			for _, m := range ms[:take] {
+				args = append(args, m)
+			}
+			ms, n = ms[take:], n+take
+			if n >= refreshChunk {
+				flush()
+			}
+		}
+	}
+	flush()
+	return regs
+}
+
+// missingSets reads the auditSrc replies: the lease sets of order (audited
+// in chunks of refreshChunk) missing some of this instance's live leases.
+func missingSets(audits []*redis.Cmd, order []string) []string {
+	var miss []string
+	for c, cmd := range audits {
+		idx, _ := cmd.Int64Slice()
+		for _, x := range idx {
+			if i := c*refreshChunk + int(x) - 1; x >= 1 && i < len(order) {
+				miss = append(miss, order[i])
+			}
+		}
+	}
+	return miss
+}
+
+// registerSets registers the live leases of plan (lease sets found
+// missing some by an audit) in a second round trip.
+func (s *Store) registerSets(ctx context.Context, plan syncPlan) ([]*redis.Cmd, error) {
+	send := func(eval bool) ([]*redis.Cmd, error) {
+		p := s.client.Pipeline()
+		regs := s.addRegistrations(p, s.runner(ctx, eval), plan, plan.order)
+		_, err := p.Exec(ctx)
+		return regs, err
+	}
+	regs, err := send(false)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		regs, err = send(true)
+	}
+	return regs, err
 }
 
 func (s *Store) metaKeys() []string {
@@ -346,7 +459,7 @@ func (s *Store) readHead(head *redis.Cmd, plan syncPlan) error {
 	if lost == 1 {
 		s.logs.event(s.log, evDataLost, slog.LevelWarn,
 			"redisstore: Redis lost data (restarted empty, flushed, or failed over to a replica that missed writes); live leases registered again",
-			slog.Int("leases", len(plan.recs)), slog.Bool("recovering", recovering == 1))
+			slog.Int("leases", s.Snapshot().Live), slog.Bool("recovering", recovering == 1))
 	}
 	return nil
 }
@@ -372,6 +485,10 @@ func (s *Store) readRegistrations(regs []*redis.Cmd, recs []*lease) {
 	for _, rec := range recs {
 		if missing[rec.member] && rec.inRedis {
 			lost++
+		}
+		if !rec.inRedis && s.liveLocked(rec.member) {
+			s.holdLocked(rec, 1)
+			s.unregistered--
 		}
 		rec.inRedis = true
 		rec.took = nil // removed in the same round trip

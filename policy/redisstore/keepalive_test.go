@@ -1,0 +1,180 @@
+package redisstore
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wslimit/wslimit/policy"
+)
+
+// argsHook records the commands and arguments of every pipeline the
+// client sends.
+type argsHook struct {
+	mu         sync.Mutex
+	cmds, args int
+}
+
+func (h *argsHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *argsHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *argsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.mu.Lock()
+		for _, c := range cmds {
+			h.cmds++
+			h.args += len(c.Args())
+		}
+		h.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+// take returns the counts since the last call.
+func (h *argsHook) take() (cmds, args int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cmds, args = h.cmds, h.args
+	h.cmds, h.args = 0, 0
+	return cmds, args
+}
+
+// TestKeepAliveDoesNotGrowWithLeases: a sync sends as much for 300 live
+// leases in a lease set as for 3, grows by one entry per further lease set
+// held, and still finds leases deleted behind the store's back.
+func TestKeepAliveDoesNotGrowWithLeases(t *testing.T) {
+	c, _ := newClient(t, sharedAddr(t))
+	hook := &argsHook{}
+	c.AddHook(hook)
+	s := newStore(t, c, Options{OnError: FailDeny, Prefix: uniquePrefix(t), LeaseTTL: time.Hour})
+	ctx := context.Background()
+	everyone := []policy.Claim{conns("everyone", "global", 1000)}
+	admit := func(claims []policy.Claim, n int) []policy.Lease {
+		var ls []policy.Lease
+		for range n {
+			l, v, err := s.Admit(ctx, time.Now(), claims)
+			if err != nil || !v.OK {
+				t.Fatalf("Admit = %+v, %v", v, err)
+			}
+			ls = append(ls, l)
+		}
+		return ls
+	}
+	syncNow := func() (cmds, args int) {
+		t.Helper()
+		hook.take()
+		if err := s.syncOnce(ctx, syncRefresh); err != nil {
+			t.Fatal(err)
+		}
+		return hook.take()
+	}
+	admit(everyone, 3)
+	syncNow() // the first sync after admissions may register; measure the next
+	c3, a3 := syncNow()
+	ls := admit(everyone, 297)
+	c300, a300 := syncNow()
+	t.Logf("a sync with 3 leases: %d commands, %d arguments; with 300: %d, %d", c3, a3, c300, a300)
+	if c300 != c3 || a300 != a3 {
+		t.Fatalf("a sync with 300 leases in one set sent %d commands and %d arguments, with 3: %d and %d", c300, a300, c3, a3)
+	}
+	admit([]policy.Claim{conns("per-user", "ivy", 5)}, 2)
+	if c, a := syncNow(); c != c3 || a != a3+3 {
+		t.Fatalf("a second lease set: %d commands, %d arguments; want %d and %d (its key, its hash, its count)", c, a, c3, a3+3)
+	}
+
+	// Behind the store's back: one lease gone. The audit sees it and the
+	// same sync registers it again.
+	ck, _ := s.keys(&everyone[0])
+	if err := c.ZRem(ctx, ck, s.member(ls[0].ID)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	syncNow()
+	if st := s.Snapshot(); st.Lost != 1 {
+		t.Fatalf("after a lease was deleted: %+v, want Lost 1", st)
+	}
+	if n := zcard(t, c, ck); n != 300 {
+		t.Fatalf("lease set holds %d, want 300", n)
+	}
+}
+
+// BenchmarkKeepAlive measures one sync (heartbeat and keep-alive) of an
+// instance on a private redis-server, by the number of leases and lease
+// sets it holds: redis-µs/op is the sync's script time (INFO
+// commandstats), calls/op the redis.calls inside, args/op what it sends.
+func BenchmarkKeepAlive(b *testing.B) {
+	srv := ownServer(b, "")
+	for _, tc := range []struct {
+		name      string
+		sets, per int
+	}{
+		{"sets=1/leases=10", 1, 10},
+		{"sets=1/leases=10000", 1, 10000},
+		{"sets=1000/leases=1000", 1000, 1},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			c, _ := newClient(b, srv.addr)
+			hook := &argsHook{}
+			c.AddHook(hook)
+			ctx := context.Background()
+			s, err := New(ctx, c, Options{OnError: FailDeny, Prefix: uniquePrefix(b), LeaseTTL: time.Hour, Timeout: 5 * time.Second})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer dropStore(b, s)
+			for k := range tc.sets {
+				claims := []policy.Claim{conns("r", "k"+strconv.Itoa(k), tc.per)}
+				for range tc.per {
+					if _, v, err := s.Admit(ctx, time.Now(), claims); err != nil || !v.OK {
+						b.Fatalf("Admit = %+v, %v", v, err)
+					}
+				}
+			}
+			if err := s.syncOnce(ctx, syncRefresh); err != nil {
+				b.Fatal(err)
+			}
+			if err := c.ConfigResetStat(ctx).Err(); err != nil {
+				b.Fatal(err)
+			}
+			hook.take()
+			b.ResetTimer()
+			for range b.N {
+				if err := s.syncOnce(ctx, syncRefresh); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			_, args := hook.take()
+			var usec float64
+			var calls int64
+			for name, cs := range commandStats(b, c) {
+				switch name {
+				case "evalsha", "eval":
+					usec += cs.usec
+				case "config|resetstat", "info":
+				default:
+					calls += cs.calls
+				}
+			}
+			n := float64(b.N)
+			b.ReportMetric(usec/n, "redis-µs/op")
+			b.ReportMetric(float64(calls)/n, "calls/op")
+			b.ReportMetric(float64(args)/n, "args/op")
+		})
+	}
+}
+
+// TestInstanceIDHasNoRangeSeparators: a configured name with ':' or ';'
+// cannot make one instance's lex range of members cover another's.
+func TestInstanceIDHasNoRangeSeparators(t *testing.T) {
+	o, err := Options{InstanceID: "a:b;c", OnError: FailDeny}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name, _, ok := strings.Cut(o.InstanceID, "."); !ok || name != "a_b_c" || strings.ContainsAny(o.InstanceID, ":;") {
+		t.Fatalf("InstanceID = %q, want a_b_c.<suffix>", o.InstanceID)
+	}
+}
