@@ -476,11 +476,18 @@ func echo(t *testing.T, c *websocket.Conn, msg string) {
 // leaseScript reads a lease set (KEYS[1]) and its instance hash (KEYS[2])
 // atomically: its members, those whose instance still vouches for them
 // (an entry in the hash above the Redis clock, as the store's scripts read
-// it), the Redis clock in milliseconds and the earliest expiry of an entry
-// with members (-1 for an empty set).
+// it; every member of a set without a hash, whose single owner vouches by
+// the set's expiry), the Redis clock in milliseconds and the earliest
+// time an instance with members vouches until (-1 for an empty set).
 var leaseScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local card = redis.call('ZCARD', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local min = -1
+  if card > 0 then min = now + redis.call('PTTL', KEYS[1]) end
+  return {card, card, now, min}
+end
 local live, min = 0, -1
 local h = redis.call('HGETALL', KEYS[2])
 for j = 1, #h, 2 do
@@ -489,7 +496,7 @@ for j = 1, #h, 2 do
   if n > 0 and exp > now then live = live + n end
   if n > 0 and (min < 0 or exp < min) then min = exp end
 end
-return {redis.call('ZCARD', KEYS[1]), live, now, min}
+return {card, live, now, min}
 `)
 
 // leases is what leaseScript read.

@@ -26,7 +26,8 @@ import (
 //
 //	ping            one PING
 //	today           Store.Admit (and Store.Release): a ZSET member per
-//	                connection and a STRING bucket per rule
+//	                connection (and, since issue 17 item 2, an instance
+//	                hash per set) and a STRING bucket per rule
 //	counts          one HASH per rule key holding the key's count, this
 //	                instance's count, the bucket and this instance's last
 //	                admission id: HMGET and HSET per rule

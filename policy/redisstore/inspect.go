@@ -29,7 +29,8 @@ const (
 
 // countSrc counts the members of each lease set in KEYS (pairs of a lease
 // set and its instance hash) whose instance still vouches for them, by the
-// Redis clock.
+// Redis clock: all of them in a set without a hash (its single owner
+// vouches by the set's expiry).
 var countSrc = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -37,6 +38,7 @@ local out = {}
 for i = 1, #KEYS, 2 do
   local n = 0
   local h = redis.call('HGETALL', KEYS[i+1])
+  if #h == 0 then n = redis.call('ZCARD', KEYS[i]) end
   for j = 1, #h, 2 do
     if tonumber(h[j+1]) > now then
       n = n + redis.call('ZLEXCOUNT', KEYS[i], '[' .. h[j] .. ':', '(' .. h[j] .. ';')

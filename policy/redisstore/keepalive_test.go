@@ -103,17 +103,20 @@ func TestKeepAliveDoesNotGrowWithLeases(t *testing.T) {
 
 // BenchmarkKeepAlive measures one sync (heartbeat and keep-alive) of an
 // instance on a private redis-server, by the number of leases and lease
-// sets it holds: redis-µs/op is the sync's script time (INFO
+// sets it holds ("shared": another instance holds leases in every set too,
+// which gives each an instance hash): redis-µs/op is the sync's script time (INFO
 // commandstats), calls/op the redis.calls inside, args/op what it sends.
 func BenchmarkKeepAlive(b *testing.B) {
 	srv := ownServer(b, "")
 	for _, tc := range []struct {
 		name      string
 		sets, per int
+		shared    bool // another instance holds a lease in every set too
 	}{
-		{"sets=1/leases=10", 1, 10},
-		{"sets=1/leases=10000", 1, 10000},
-		{"sets=1000/leases=1000", 1000, 1},
+		{"sets=1/leases=10", 1, 10, false},
+		{"sets=1/leases=10000", 1, 10000, false},
+		{"sets=1000/leases=1000", 1000, 1, false},
+		{"sets=1000/leases=1000/shared", 1000, 1, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			c, _ := newClient(b, srv.addr)
@@ -125,11 +128,25 @@ func BenchmarkKeepAlive(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer dropStore(b, s)
+			other := s
+			if tc.shared {
+				oc, _ := newClient(b, srv.addr)
+				other, err = New(ctx, oc, Options{OnError: FailDeny, Prefix: s.prefix, LeaseTTL: time.Hour, Timeout: 5 * time.Second})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer func() { _ = other.Close() }()
+			}
 			for k := range tc.sets {
-				claims := []policy.Claim{conns("r", "k"+strconv.Itoa(k), tc.per)}
-				for range tc.per {
-					if _, v, err := s.Admit(ctx, time.Now(), claims); err != nil || !v.OK {
-						b.Fatalf("Admit = %+v, %v", v, err)
+				claims := []policy.Claim{conns("r", "k"+strconv.Itoa(k), tc.per+1)}
+				for _, st := range []*Store{s, other} {
+					for range tc.per {
+						if _, v, err := st.Admit(ctx, time.Now(), claims); err != nil || !v.OK {
+							b.Fatalf("Admit = %+v, %v", v, err)
+						}
+					}
+					if !tc.shared {
+						break
 					}
 				}
 			}
@@ -176,5 +193,120 @@ func TestInstanceIDHasNoRangeSeparators(t *testing.T) {
 	}
 	if name, _, ok := strings.Cut(o.InstanceID, "."); !ok || name != "a_b_c" || strings.ContainsAny(o.InstanceID, ":;") {
 		t.Fatalf("InstanceID = %q, want a_b_c.<suffix>", o.InstanceID)
+	}
+}
+
+// TestCrashedInstanceSweptFromSharedSet: in a lease set two instances hold
+// leases in (so it has an instance hash), the leases of one that stops
+// refreshing without releasing (a crash) are swept by the other's
+// admissions once its entry has expired: its two slots come back within
+// LeaseTTL + one refresh (+1 s of polling slack on a loaded machine), not
+// before LeaseTTL - 2 refreshes, and no more than two.
+func TestCrashedInstanceSweptFromSharedSet(t *testing.T) {
+	t.Parallel()
+	addr := sharedAddr(t)
+	const ttl, every, pollSlack = 3 * time.Second, time.Second, time.Second
+	stores := instances(t, addr, 2, Options{OnError: FailAllow, LeaseTTL: ttl, RefreshInterval: every})
+	a, b := stores[0], stores[1]
+	claims := []policy.Claim{conns("per-user", "dora", 4)}
+	ctx := context.Background()
+	for _, s := range []*Store{a, b, a, b} {
+		if _, v, _ := s.Admit(ctx, time.Now(), claims); !v.OK {
+			t.Fatal("admission refused")
+		}
+	}
+	ck, _ := a.keys(&claims[0])
+	if n, err := a.client.HLen(ctx, hashOf(ck)).Result(); err != nil || n != 2 {
+		t.Fatalf("instance hash of a shared set: %d entries (%v), want 2", n, err)
+	}
+	time.Sleep(ttl + every) // leases outlive their TTL while both refresh
+	if _, v, _ := b.Admit(ctx, time.Now(), claims); v.OK {
+		t.Fatal("cap exceeded while a was alive")
+	}
+
+	a.Close() // the crash
+	crashed := time.Now()
+	deadline := crashed.Add(ttl + every + 10*time.Second)
+	for {
+		_, v, err := b.Admit(ctx, time.Now(), claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.OK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("slots of the crashed instance never came back")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(crashed)
+	t.Logf("slots came back %v after the crash (TTL %v, refresh %v)", took.Round(time.Millisecond), ttl, every)
+	if took > ttl+every+pollSlack {
+		t.Fatalf("slots came back after %v, want within TTL + refresh = %v (+%v polling slack)", took, ttl+every, pollSlack)
+	}
+	if took < ttl-2*every {
+		t.Fatalf("slots came back after %v, before the lease TTL could have run out", took)
+	}
+	if _, v, _ := b.Admit(ctx, time.Now(), claims); !v.OK {
+		t.Fatal("the second slot of the crashed instance did not come back")
+	}
+	if _, v, _ := b.Admit(ctx, time.Now(), claims); v.OK {
+		t.Fatal("admitted past the cap after the sweep")
+	}
+	if n := zcard(t, b.client, ck); n != 4 {
+		t.Fatalf("lease set holds %d, want 4 (b's)", n)
+	}
+}
+
+// TestSingleOwnerSetHasNoHash: a lease set whose leases are all one
+// instance's has no instance hash (its expiry vouches for them), one
+// whose members it had before is dropped when a set starts again, and
+// the set keeps an expiry through admissions and syncs.
+func TestSingleOwnerSetHasNoHash(t *testing.T) {
+	stores := instances(t, sharedAddr(t), 2, Options{OnError: FailDeny, LeaseTTL: time.Minute})
+	a, b := stores[0], stores[1]
+	ctx := context.Background()
+	claims := []policy.Claim{conns("per-ip", "10.9.0.1", 5)}
+	ck, _ := a.keys(&claims[0])
+	exists := func(k string) bool {
+		n, err := a.client.Exists(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	admit := func(s *Store) policy.Lease {
+		l, v, err := s.Admit(ctx, time.Now(), claims)
+		if err != nil || !v.OK {
+			t.Fatalf("Admit = %+v, %v", v, err)
+		}
+		return l
+	}
+	la := []policy.Lease{admit(a), admit(a)}
+	if err := a.syncOnce(ctx, syncRefresh); err != nil {
+		t.Fatal(err)
+	}
+	if exists(hashOf(ck)) {
+		t.Fatal("a set with one owner has an instance hash")
+	}
+	if ttl := a.client.PTTL(ctx, ck).Val(); ttl <= 50*time.Second {
+		t.Fatalf("single-owner set PTTL = %v, want ~1m", ttl)
+	}
+	lb := admit(b)
+	if !exists(hashOf(ck)) {
+		t.Fatal("a second owner made no instance hash")
+	}
+	for _, l := range la {
+		if err := a.Release(ctx, l, claims); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Release(ctx, lb, claims); err != nil {
+		t.Fatal(err)
+	}
+	admit(a) // starts the set again
+	if exists(hashOf(ck)) {
+		t.Fatal("the hash of the set's earlier owners outlived its start again")
 	}
 }

@@ -20,13 +20,19 @@ import (
 // rule key's lease set (a ZSET whose members all score 0, so that one
 // instance's members are the lex range "[<instance>:" to "(<instance>;";
 // instance ids never contain ':' or ';'). Leases do not expire one by
-// one: the set's instance hash holds, per instance with members in the
-// set, the time until which it vouches for them (ms, Redis clock). An
-// instance renews its entry in every set it holds a lease in once per
-// refresh (auditSrc), whatever the number of its leases there; an entry
-// left to expire is a crashed or cut-off instance, whose members any
-// admission that finds the set full removes (sweep). Both keys expire no
-// sooner than the longest entry.
+// one: an instance vouches for its members in a set until a time (ms,
+// Redis clock), and renews that once per refresh in every set it holds a
+// lease in (auditSrc), whatever the number of its leases there.
+//
+// A set with members of one instance only (every per-client set, mostly)
+// is vouched for by its own expiry: when its instance stops renewing it,
+// the set expires with its members, as a lease did. Once a second instance
+// has members in a set, the set gets an instance hash: one entry per
+// instance with members, its time. An entry left to expire is a crashed
+// or cut-off instance, whose members any admission that finds the set
+// full removes (sweep). So: a set without a hash has a single owner; a set
+// with one has an entry for every instance with members in it; the set and
+// its hash expire no sooner than the latest of those times.
 
 // luaLib holds the functions the lease scripts share. now, ttl and ttls
 // (the lease TTL as a number and as text), upto (now + ttl as text) and
@@ -45,12 +51,37 @@ local function extend(k)
   redis.call('PEXPIRE', k, ttls)
 end
 
--- vouch writes instance inst's entry in hash hk and extends lease set ck
--- and hk to cover it.
+-- ownerOf returns the instance of lease member m (m itself when it is
+-- not "<instance>:<id>", as no member the store writes).
+local function ownerOf(m)
+  local c = string.find(m, ':', 1, true)
+  if c then return string.sub(m, 1, c - 1) end
+  return m
+end
+
+-- vouch makes instance inst, which has members in lease set ck, vouch for
+-- them until upto: in the instance hash hk when the set has one, or when
+-- another instance has members too (the hash is then made, the single
+-- owner so far vouching until the set's expiry); by the set's expiry
+-- otherwise.
 local function vouch(ck, hk, inst)
+  if redis.call('EXISTS', hk) == 0 then
+    if redis.call('ZLEXCOUNT', ck, '[' .. inst .. ':', '(' .. inst .. ';') == redis.call('ZCARD', ck) then
+      extend(ck)
+      return
+    end
+    -- The other members are the single owner's; ours are a contiguous lex
+    -- range, so the set's first or last member is one of them.
+    local m = redis.call('ZRANGE', ck, 0, 0)[1]
+    if ownerOf(m) == inst then m = redis.call('ZRANGE', ck, -1, -1)[1] end
+    local left = redis.call('PTTL', ck)
+    if left < 0 then left = ttl end
+    redis.call('HSET', hk, ownerOf(m), string.format('%d', now + left))
+    redis.call('PEXPIRE', hk, string.format('%d', math.max(left, ttl)))
+  end
   redis.call('HSET', hk, inst, upto)
-  extend(ck)
   extend(hk)
+  extend(ck)
 end
 
 -- sweep removes from lease set ck the members of the instances whose entry
@@ -93,9 +124,9 @@ local upto = string.format('%d', now + ttl)
 // number it has seen; ARGV[5]: its instance id; then for claim i,
 // ARGV[4i+2] = connection cap (0: none), ARGV[4i+3] = tokens per ms (0: no
 // bucket), ARGV[4i+4] = burst, ARGV[4i+5] = "1" when this instance holds
-// no counted lease in the set, so that its entry in the instance hash may
-// be missing or old and is written ("0": a live lease of this instance is
-// there and its refresh keeps the entry and the expiries).
+// no counted lease in the set, so that it may not vouch for the set yet
+// and does (vouch); "0": a live lease of this instance is there, and its
+// refresh keeps it vouched for.
 //
 // Returns {1, full, empty, wait_ms, seq} when admitted (full and empty: bit
 // i-1 set when this admission filled claim i's cap or emptied its bucket;
@@ -115,8 +146,9 @@ local upto = string.format('%d', now + ttl)
 // so the script makes as few calls as it can. Per claim, when this
 // instance already holds a lease in the set: ZCARD and ZADD (HGETALL and a
 // sweep too, only when the set looks full: a dead instance's members
-// matter only then); the first lease of an instance in a set writes its
-// entry and the expiries too (vouch). A bucket: GET and SET ... PX (tokens
+// matter only then); a set the admission starts gets its expiry (and loses
+// an old hash); an instance's first lease in a set of others vouches
+// (EXISTS, then HSET and the expiries, or more when it makes the hash). A bucket: GET and SET ... PX (tokens
 // and time in one value, the expiry set with it). Once per admission TIME.
 // The first lease set's ZADD comes before the checks, with NX: its reply
 // tells a client retry of an admission that already committed (answered
@@ -221,7 +253,15 @@ for i = 1, n do
     if i <= 52 and card + 1 >= caps[i] then full = full + 2 ^ (i - 1) end
     local ck = KEYS[3*i+1]
     if i ~= first then redis.call('ZADD', ck, 0, member) end
-    if ARGV[4*i+5] == '1' then vouch(ck, KEYS[3*i+2], inst) end
+    local hk = KEYS[3*i+2]
+    if card == 0 then
+      -- A set this admission starts has a single owner: no hash (one left
+      -- by earlier owners vouches for nothing), the set's expiry vouches.
+      redis.call('PEXPIRE', ck, ttls)
+      redis.call('DEL', hk)
+    elseif ARGV[4*i+5] == '1' then
+      vouch(ck, hk, inst)
+    end
   end
   local tk = tokens[i]
   if tk then
@@ -308,7 +348,11 @@ local out = {}
 for i = 1, #KEYS, 2 do
   local x = (i + 1) / 2
   if redis.call('ZLEXCOUNT', KEYS[i], lo, hi) < tonumber(ARGV[2+x]) then out[#out+1] = x end
-  vouch(KEYS[i], KEYS[i+1], inst)
+  if redis.call('EXISTS', KEYS[i+1]) == 1 then
+    redis.call('HSET', KEYS[i+1], inst, upto)
+    extend(KEYS[i+1])
+  end
+  extend(KEYS[i])
 end
 return out
 `
