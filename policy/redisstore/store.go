@@ -659,7 +659,8 @@ func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, arg
 		c := &claims[i]
 		ck, bk := s.keys(c)
 		hk := ck
-		capN, perMS, burst, fresh := max(c.Conns, 0), 0.0, 0, "0"
+		// fresh is an int: Go boxes 0 and 1 without allocating.
+		capN, perMS, burst, fresh := max(c.Conns, 0), 0.0, 0, 0
 		if hasRate(c) {
 			perMS, burst = float64(c.Limit)/1000, c.Burst
 		}
@@ -667,7 +668,7 @@ func (s *Store) admitArgs(rec *lease, claims []policy.Claim) (keys []string, arg
 			rec.conns = append(rec.conns, connSlot{key: ck})
 			hk = hashOf(ck)
 			if s.held[ck] == 0 {
-				fresh = "1"
+				fresh = 1
 			}
 		}
 		keys = append(keys, ck, hk, bk)
