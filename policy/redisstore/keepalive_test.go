@@ -310,3 +310,32 @@ func TestSingleOwnerSetHasNoHash(t *testing.T) {
 		t.Fatal("the hash of the set's earlier owners outlived its start again")
 	}
 }
+
+// TestAuditMakesMissingHash: a set that holds another instance's members
+// but no instance hash (the single-owner rule broken, as by an admission
+// that raced a release of the set's last lease) gets one at the next sync
+// of an instance with leases in it, with an entry for each owner, so that
+// either's crash can be swept.
+func TestAuditMakesMissingHash(t *testing.T) {
+	c, _ := newClient(t, sharedAddr(t))
+	s := newStore(t, c, Options{OnError: FailDeny, Prefix: uniquePrefix(t), LeaseTTL: time.Minute})
+	ctx := context.Background()
+	claims := []policy.Claim{conns("per-user", "lena", 5)}
+	if _, v, err := s.Admit(ctx, time.Now(), claims); err != nil || !v.OK {
+		t.Fatalf("Admit = %+v, %v", v, err)
+	}
+	ck, _ := s.keys(&claims[0])
+	if err := c.ZAdd(ctx, ck, redis.Z{Member: "zz:1"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.syncOnce(ctx, syncRefresh); err != nil {
+		t.Fatal(err)
+	}
+	h, err := c.HGetAll(ctx, hashOf(ck)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h) != 2 || h[s.instance] == "" || h["zz"] == "" {
+		t.Fatalf("instance hash = %v, want entries for %s and zz", h, s.instance)
+	}
+}

@@ -347,10 +347,16 @@ local lo, hi = '[' .. inst .. ':', '(' .. inst .. ';'
 local out = {}
 for i = 1, #KEYS, 2 do
   local x = (i + 1) / 2
-  if redis.call('ZLEXCOUNT', KEYS[i], lo, hi) < tonumber(ARGV[2+x]) then out[#out+1] = x end
+  local have = redis.call('ZLEXCOUNT', KEYS[i], lo, hi)
+  if have < tonumber(ARGV[2+x]) then out[#out+1] = x end
   if redis.call('EXISTS', KEYS[i+1]) == 1 then
     redis.call('HSET', KEYS[i+1], inst, upto)
     extend(KEYS[i+1])
+  elseif have > 0 and have < redis.call('ZCARD', KEYS[i]) then
+    -- Members of another instance in a set without a hash (an admission
+    -- of ours that raced our release of the set's last lease did not
+    -- vouch): make the hash, so that a crash of either can be swept.
+    vouch(KEYS[i], KEYS[i+1], inst)
   end
   extend(KEYS[i])
 end
