@@ -169,7 +169,8 @@ type RedisConfig struct {
 	// "allow" or "deny".
 	OnError string `yaml:"on_error" json:"on_error,omitempty"`
 	// RefreshInterval is how often an instance renews the leases of its
-	// live connections (default LeaseTTL/3; must be below LeaseTTL).
+	// live connections, one entry per key it holds leases under (default
+	// LeaseTTL/3; must be below LeaseTTL).
 	RefreshInterval time.Duration `yaml:"refresh_interval" json:"refresh_interval,omitempty"`
 	// BreakerFailures is how many consecutive failed calls open the
 	// circuit breaker, which then applies on_error without calling Redis
