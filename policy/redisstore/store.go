@@ -716,14 +716,9 @@ func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Cla
 		return err
 	}
 	defer s.releaseSlot()
-	keys := make([]string, len(drop))
-	args := make([]any, len(drop))
-	for i, sl := range drop {
-		keys[i], args[i] = sl.key, sl.member
-	}
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	t0 := time.Now()
-	rerr := s.sc.release.Run(cctx, s.client, keys, args...).Err()
+	rerr := s.removeMembers(cctx, drop)
 	s.lat.observe(time.Since(t0))
 	cancel()
 	if rerr != nil {
@@ -733,6 +728,23 @@ func (s *Store) Release(ctx context.Context, l policy.Lease, claims []policy.Cla
 	}
 	s.succeeded()
 	return err
+}
+
+// removeMembers removes each slot's member from its lease set in one
+// round trip. One member goes as a plain ZREM, which costs Redis less than
+// the script (BenchmarkReleaseCost: 7.7 against 8.8 µs); several go by the
+// script, which costs less than a pipeline of ZREMs on the client (24
+// allocations against 39 for four) for about the same Redis time.
+func (s *Store) removeMembers(ctx context.Context, drop []slot) error {
+	if len(drop) == 1 {
+		return s.client.ZRem(ctx, drop[0].key, drop[0].member).Err()
+	}
+	keys := make([]string, len(drop))
+	args := make([]any, len(drop))
+	for i, sl := range drop {
+		keys[i], args[i] = sl.key, sl.member
+	}
+	return s.sc.release.Run(ctx, s.client, keys, args...).Err()
 }
 
 // Close stops the lease refresher and makes Admit fail with ErrClosed. It
