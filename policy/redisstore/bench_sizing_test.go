@@ -4,7 +4,9 @@ package redisstore
 
 import (
 	"context"
+	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -125,6 +127,88 @@ func BenchmarkReleaseCost(b *testing.B) {
 					}
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkKeepAliveFleet measures the keep-alive of 1,000,000 live
+// connections across 100 instances (issue 17): 100 Stores on one private
+// redis-server admit 10,000 leases each (16 goroutines), under a global
+// cap or under a per-ip cap with every connection from its own address;
+// then every instance syncs once, one after another, and
+// redis-cpu-ms/round is Redis's main-thread CPU for that round of 100
+// syncs (INFO cpu), core-%@10s that as a share of one core when
+// refresh_interval is 10s. Run it with -test.benchtime 1x: the set-up
+// takes about a minute per policy. WSLIMIT_FLEET_CONNS scales the
+// connections down (for a quick look).
+func BenchmarkKeepAliveFleet(b *testing.B) {
+	const instances = 100
+	conns := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("WSLIMIT_FLEET_CONNS")); err == nil && v > 0 {
+		conns = v
+	}
+	per := conns / instances
+	for _, perIP := range []bool{false, true} {
+		name := "global"
+		if perIP {
+			name = "per-ip"
+		}
+		b.Run(name+"/conns="+strconv.Itoa(per*instances), func(b *testing.B) {
+			srv := ownServer(b, "")
+			c, _ := newClient(b, srv.addr)
+			ctx := context.Background()
+			prefix := uniquePrefix(b)
+			fleet := make([]*Store, instances)
+			for i := range fleet {
+				s, err := New(ctx, c, Options{OnError: FailDeny, Prefix: prefix, LeaseTTL: time.Hour, Timeout: 5 * time.Second})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer func() { _ = s.Close() }()
+				fleet[i] = s
+			}
+			var next atomic.Int64
+			work := make(chan int)
+			var wg sync.WaitGroup
+			for range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range work {
+						k := keys.Global()
+						if perIP {
+							k = keys.String("c" + strconv.FormatInt(next.Add(1), 10))
+						}
+						claims := []policy.Claim{{Rule: "r", Key: k, Conns: 1 << 30}}
+						if _, v, err := fleet[i%instances].Admit(ctx, time.Now(), claims); err != nil || !v.OK {
+							b.Errorf("Admit = %+v, %v", v, err)
+							return
+						}
+					}
+				}()
+			}
+			for i := range per * instances {
+				work <- i
+			}
+			close(work)
+			wg.Wait()
+			if b.Failed() {
+				return
+			}
+			b.ResetTimer()
+			var cpu time.Duration
+			for range b.N {
+				cpu0 := redisCPU(b, c)
+				for _, s := range fleet {
+					if err := s.syncOnce(ctx, syncRefresh); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cpu += redisCPU(b, c) - cpu0
+			}
+			ms := cpu.Seconds() * 1e3 / float64(b.N)
+			b.ReportMetric(ms, "redis-cpu-ms/round")
+			b.ReportMetric(ms/10e3*100, "core-%@10s")
 		})
 	}
 }
