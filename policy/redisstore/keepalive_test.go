@@ -225,29 +225,7 @@ func TestCrashedInstanceSweptFromSharedSet(t *testing.T) {
 	}
 
 	a.Close() // the crash
-	crashed := time.Now()
-	deadline := crashed.Add(ttl + every + 10*time.Second)
-	for {
-		_, v, err := b.Admit(ctx, time.Now(), claims)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v.OK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("slots of the crashed instance never came back")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	took := time.Since(crashed)
-	t.Logf("slots came back %v after the crash (TTL %v, refresh %v)", took.Round(time.Millisecond), ttl, every)
-	if took > ttl+every+pollSlack {
-		t.Fatalf("slots came back after %v, want within TTL + refresh = %v (+%v polling slack)", took, ttl+every, pollSlack)
-	}
-	if took < ttl-2*every {
-		t.Fatalf("slots came back after %v, before the lease TTL could have run out", took)
-	}
+	awaitSlotBack(t, b, claims, time.Now(), ttl, every, pollSlack)
 	if _, v, _ := b.Admit(ctx, time.Now(), claims); !v.OK {
 		t.Fatal("the second slot of the crashed instance did not come back")
 	}

@@ -739,12 +739,18 @@ func (s *Store) removeMembers(ctx context.Context, drop []slot) error {
 	if len(drop) == 1 {
 		return s.client.ZRem(ctx, drop[0].key, drop[0].member).Err()
 	}
-	keys := make([]string, len(drop))
-	args := make([]any, len(drop))
-	for i, sl := range drop {
+	keys, args := releaseArgs(drop)
+	return s.sc.release.Run(ctx, s.client, keys, args...).Err()
+}
+
+// releaseArgs returns the KEYS and ARGV of releaseSrc for slots.
+func releaseArgs(slots []slot) (keys []string, args []any) {
+	keys = make([]string, len(slots))
+	args = make([]any, len(slots))
+	for i, sl := range slots {
 		keys[i], args[i] = sl.key, sl.member
 	}
-	return s.sc.release.Run(ctx, s.client, keys, args...).Err()
+	return keys, args
 }
 
 // Close stops the lease refresher and makes Admit fail with ErrClosed. It

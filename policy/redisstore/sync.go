@@ -338,11 +338,7 @@ func (s *Store) exec(ctx context.Context, plan syncPlan, eval bool) (head *redis
 	}
 	for rest := append(plan.took, plan.pend...); len(rest) > 0; {
 		take := min(len(rest), refreshChunk)
-		keys := make([]string, take)
-		args := make([]any, take)
-		for i, sl := range rest[:take] {
-			keys[i], args[i] = sl.key, sl.member
-		}
+		keys, args := releaseArgs(rest[:take])
 		run(p, s.sc.release, keys, args)
 		rest = rest[take:]
 	}
